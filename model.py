@@ -1,0 +1,376 @@
+"""
+GPT-2 in one file: the model, its KV cache and generation.
+
+With every switch in GPTConfig off this is exactly OpenAI's GPT-2 (pre-LayerNorm blocks, LayerNorm eps
+1e-5, tanh-GELU MLP, learned absolute positions, tied input/output embeddings). Three switches change it,
+each visible at one place in the code:
+- rope: rotary position embeddings on q and k (rotate-half convention of GPT-NeoX and Llama) instead of
+  the learned position table wpe, which then does not exist. Seen where positions enter (GPT.forward) and
+  where q and k are made (CausalSelfAttention.forward).
+- gqa: grouped-query attention. n_kv_head key/value heads; query head h reads key/value head
+  h // (n_head // n_kv_head). The KV cache holds n_kv_head heads only. Seen where k and v are made.
+- swa: sliding-window attention. The query at position i sees keys j with i - window_size < j <= i, and
+  the KV cache becomes a rolling buffer of window_size slots. Seen where the mask is built.
+
+Shapes: B batch, T time (sequence length), C n_embd, V vocab_size, nh n_head, nkv key/value heads
+(n_kv_head under gqa, else n_head), hd head size = C // nh, L n_layer.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024      # longest sequence the model sees at once (and wpe's length)
+    vocab_size: int = 50304     # GPT-2's 50257 padded up to a multiple of 64, which GPUs prefer
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True           # biases in Linear and LayerNorm, as GPT-2 has them
+    rope: bool = False
+    rope_theta: float = 10000.0
+    gqa: bool = False
+    n_kv_head: int = 4          # used only when gqa
+    swa: bool = False
+    window_size: int = 256      # used only when swa
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "n_kv_head", "window_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.gqa and self.n_head % self.n_kv_head:
+            raise ValueError(f"with gqa, n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}")
+        if self.rope and self.head_size % 2:
+            raise ValueError(f"with rope the head size must be even, "
+                             f"got n_embd={self.n_embd} // n_head={self.n_head} = {self.head_size}")
+        if self.rope and not self.rope_theta > 0:
+            raise ValueError(f"rope_theta={self.rope_theta} must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+
+    @property
+    def head_size(self):
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self):
+        return self.n_kv_head if self.gqa else self.n_head
+
+
+# ----------------------------------------------------------------------------------------------------
+# Small ideas as small functions
+
+def rope_cos_sin(positions, head_size, theta):
+    """cos and sin of the rotation angles, (T, hd) each: position t turns pair i by t * theta^(-2i/hd)."""
+    inv_freq = theta ** (-torch.arange(0, head_size, 2, device=positions.device, dtype=torch.float32) / head_size)
+    angles = torch.outer(positions.float(), inv_freq)       # (T, hd/2)
+    angles = torch.cat((angles, angles), dim=-1)             # (T, hd): rotate-half pairs i with i + hd/2
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate x (B, nh, T, hd) by its positions' angles, in the rotate-half convention."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def attention_mask(q_pos, k_pos, window_size=None):
+    """(Tq, Tk) booleans, True where a query may attend: causal, and within the window under SWA."""
+    distance = q_pos[:, None] - k_pos[None, :]
+    mask = distance >= 0
+    if window_size is not None:
+        mask &= distance < window_size
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------------
+# The KV cache
+
+class KVCache(nn.Module):
+    """
+    Keys and values of the tokens generated so far, preallocated for every layer: (L, B, nkv, S, hd).
+    Keys are stored after RoPE, so each carries its own position and the order of slots does not matter.
+
+    Without SWA, S = block_size and slot t holds position t: no growing torch.cat, no allocation per step.
+    With SWA, S = window_size: a rolling buffer where slot t % window_size holds position t (as in
+    Mistral). Memory is bounded by the window, and under RoPE positions may run on past block_size.
+
+    Attention calls update(layer, k, v) with the new tokens' keys and values and attends over what it
+    returns; GPT.forward calls advance(T) after the last layer.
+    """
+
+    def __init__(self, config, batch_size, device, dtype):
+        super().__init__()
+        self.rolling = config.swa
+        size = config.window_size if config.swa else config.block_size
+        shape = (config.n_layer, batch_size, config.kv_heads, size, config.head_size)
+        self.register_buffer("k", torch.empty(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.empty(shape, device=device, dtype=dtype), persistent=False)
+        self.pos = 0  # tokens seen so far: the next token's position
+
+    @property
+    def size(self):
+        return self.k.size(3)
+
+    def key_positions(self, T):
+        """Positions of the keys that update() returns for T new tokens (not needed when T == 1)."""
+        if not self.rolling:
+            return torch.arange(self.pos + T, device=self.k.device)
+        n_prev = min(self.pos, self.size - 1)  # the most any new query can see of the past
+        return torch.arange(self.pos - n_prev, self.pos + T, device=self.k.device)
+
+    def update(self, layer, k, v):
+        """Store k, v (B, nkv, T, hd) of the next T positions; return the keys and values to attend over."""
+        T, start = k.size(2), self.pos
+        ks, vs = self.k[layer], self.v[layer]
+        if not self.rolling:
+            ks[:, :, start:start + T] = k
+            vs[:, :, start:start + T] = v
+            return ks[:, :, :start + T], vs[:, :, :start + T]
+        if T == 1:  # decoding: overwrite the oldest slot; every slot left is inside the window
+            ks[:, :, start % self.size] = k[:, :, 0]
+            vs[:, :, start % self.size] = v[:, :, 0]
+            n = min(start + 1, self.size)
+            return ks[:, :, :n], vs[:, :, :n]
+        # several tokens at once: the window's past in position order, then the new ones (see key_positions)
+        past = torch.arange(start - min(start, self.size - 1), start, device=k.device) % self.size
+        k_all = torch.cat((ks.index_select(2, past), k), dim=2)
+        v_all = torch.cat((vs.index_select(2, past), v), dim=2)
+        keep = min(T, self.size)
+        slots = torch.arange(start + T - keep, start + T, device=k.device) % self.size
+        ks.index_copy_(2, slots, k[:, :, -keep:])
+        vs.index_copy_(2, slots, v[:, :, -keep:])
+        return k_all, v_all
+
+    def advance(self, T):
+        self.pos += T
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, layer):
+        super().__init__()
+        self.layer = layer  # index into the KV cache
+        self.n_head, self.n_kv_head, self.head_size = config.n_head, config.kv_heads, config.head_size
+        # one fused projection: [q: nh*hd | k: nkv*hd | v: nkv*hd]; without gqa exactly GPT-2's c_attn
+        self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_size, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope, mask, cache):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split([self.n_head * self.head_size, self.n_kv_head * self.head_size,
+                                        self.n_kv_head * self.head_size], dim=2)
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)     # (B, nh, T, hd)
+        k = k.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, nkv, T, hd)
+        if rope is not None:  # RoPE: positions enter here, as rotations of q and k
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)                         # (B, nkv, Tk, hd)
+        # mask None means plain causal attention, which picks the flash kernels on CUDA; a single new token
+        # against the cache sees every key the cache returns. Under GQA, query head h reads kv head
+        # h // (nh // nkv) (enable_gqa).
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=mask is None and cache is None,
+                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hd)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config, layer):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, mask, cache):
+        x = x + self.attn(self.ln_1(x), rope, mask, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias),
+        ))
+        if not config.rope:  # learned absolute positions, GPT-2's way
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied: one matrix embeds and unembeds
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx, targets=None, cache=None):
+        """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy against targets (-1 ignored)."""
+        check_token_ids(idx)
+        B, T = idx.size()
+        cfg = self.config
+        if T > cfg.block_size:
+            raise ValueError(f"sequence length T={T} exceeds block_size={cfg.block_size}: crop the input")
+        start = 0 if cache is None else cache.pos
+        if not cfg.rope and start + T > cfg.block_size:
+            raise ValueError(f"position {start + T - 1} is past the learned positions (block_size={cfg.block_size})")
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+
+        # positions enter: added as learned vectors, or (RoPE) as rotations inside attention
+        x = self.transformer.wte(idx)                            # (B, T, C)
+        rope = None
+        if cfg.rope:
+            rope = tuple(t.to(x.dtype) for t in rope_cos_sin(pos, cfg.head_size, cfg.rope_theta))
+        else:
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
+
+        # the mask: None is plain causal (or one new token, which sees all it is given)
+        mask = None
+        if cache is not None and T > 1:
+            mask = attention_mask(pos, cache.key_positions(T), cfg.window_size if cfg.swa else None)
+        elif cache is None and cfg.swa:
+            mask = attention_mask(pos, pos, cfg.window_size)
+
+        for block in self.transformer.h:
+            x = block(x, rope, mask, cache)
+        if cache is not None:
+            cache.advance(T)
+        logits = self.lm_head(self.transformer.ln_f(x))          # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    # ------------------------------------------------------------------------------------------------
+    # Generation
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True, generator=None):
+        """
+        Continue idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens).
+        temperature=0.0 is greedy; top_k and top_p (nucleus) restrict sampling; pass a torch.Generator
+        for reproducible samples. Call model.eval() first, as dropout would make the output random.
+        """
+        tokens = [idx] + list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator))
+        return torch.cat(tokens, dim=1)
+
+    @torch.no_grad()
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True,
+                        generator=None):
+        """
+        Like generate, but yields each new token (B, 1) as soon as it is chosen (for streaming).
+
+        Without the cache every step runs the last block_size tokens. With it the prompt is encoded once
+        and each new token costs one position. Past block_size the cache would hold positions the model
+        never learned, so without SWA (or with SWA but learned positions) each step re-encodes the last
+        block_size tokens, exactly as without the cache; with SWA under RoPE the rolling cache just runs on.
+        """
+        check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
+        cfg = self.config
+        runs_on = cfg.swa and cfg.rope  # the only cache that can go past block_size
+        cache, seq = None, idx
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits, _ = self(seq[:, -cfg.block_size:])
+            elif cache is None or (cache.pos >= cfg.block_size and not runs_on):
+                cache = KVCache(cfg, seq.size(0), seq.device, self.lm_head.weight.dtype)
+                logits, _ = self(seq[:, -cfg.block_size:], cache=cache)  # prefill
+            else:
+                logits, _ = self(seq[:, -1:], cache=cache)               # decode one position
+            next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+            seq = torch.cat((seq, next_token), dim=1)
+            yield next_token
+
+
+def column_major_weights_(model):
+    """
+    Store every Linear weight transposed in memory: same shape, values and names, the layout of GPT-2's
+    original Conv1D. Decoding one token at a time is a matrix-vector product bound by memory bandwidth, and
+    on the CPUs we measured MKL reads a column-major W in x @ W.T up to 1.7x faster (bench.py: 31 -> 41
+    tokens/s for GPT-2 124M in fp32). For generation on a CPU; training keeps the usual layout.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):  # lm_head's weight is wte's too, so both follow
+                module.weight.data = module.weight.data.t().contiguous().t()
+    return model
+
+
+def check_token_ids(idx):
+    integer = isinstance(idx, torch.Tensor) and not (idx.dtype.is_floating_point or idx.dtype.is_complex
+                                                     or idx.dtype == torch.bool)
+    if not integer or idx.dim() != 2:
+        raise ValueError(f"idx must be a (B, T) tensor of integer token ids, got {type(idx).__name__} "
+                         f"{getattr(idx, 'dtype', '')} of shape {tuple(getattr(idx, 'shape', ()))}")
+
+
+def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
+    check_token_ids(idx)
+    if idx.numel() == 0:
+        raise ValueError(f"the prompt is empty (idx has shape {tuple(idx.shape)}): give at least one token")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a non-negative integer")
+    if not temperature >= 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 is greedy)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} must be a positive integer or None")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p} must be in (0, 1]")
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """The next token (B, 1) from the last position's logits (B, V)."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    if top_p is not None and top_p < 1.0:
+        # nucleus: keep the most likely tokens until their probability reaches top_p (the first always stays)
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        before = sorted_logits.softmax(dim=-1).cumsum(dim=-1) - sorted_logits.softmax(dim=-1)
+        sorted_logits = sorted_logits.masked_fill(before >= top_p, -float("inf"))
+        logits = torch.full_like(logits, -float("inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)

@@ -1,0 +1,393 @@
+"""Tests of model.py: GPT-2 parity with transformers, the three switches, the KV cache, bad input."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import GPT, GPTConfig, KVCache, apply_rope, attention_mask, rope_cos_sin
+
+SWITCHES = list(itertools.product([False, True], repeat=3))  # (rope, gqa, swa)
+
+
+def tiny_config(rope=False, gqa=False, swa=False, **overrides):
+    args = dict(block_size=32, vocab_size=97, n_layer=2, n_head=4, n_embd=32, rope=rope, gqa=gqa, n_kv_head=2,
+                swa=swa, window_size=6)
+    args.update(overrides)
+    return GPTConfig(**args)
+
+
+def perturbed_model(config, std=0.2, seed=0):
+    """A model in eval mode with every weight perturbed by noise of std ~0.2, so small convention errors show."""
+    torch.manual_seed(seed)
+    model = GPT(config).eval()
+    perturb(model, std)
+    return model
+
+
+def perturb(model, std=0.2):
+    # added noise keeps LayerNorm gains near 1: a wrong eps or GELU then moves the logits by ~1e-3
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * std)
+
+
+# ----------------------------------------------------------------------------------------------------
+# GPT-2 itself
+
+def test_parity_with_transformers_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    hf_config = GPT2Config(vocab_size=97, n_positions=32, n_embd=48, n_layer=3, n_head=4,
+                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(hf_config).eval()
+    perturb(hf)
+    model = GPT(GPTConfig(block_size=32, vocab_size=97, n_layer=3, n_head=4, n_embd=48)).eval()
+    ours = model.state_dict()
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    with torch.no_grad():
+        for name, tensor in hf.state_dict().items():
+            if name.endswith(".attn.bias") or name.endswith(".attn.masked_bias"):
+                continue
+            ours[name].copy_(tensor.t() if name.endswith(conv1d) else tensor)  # Conv1D stores (in, out)
+    idx = torch.randint(97, (2, 32))
+    targets = torch.randint(97, (2, 32))
+    logits, loss = model(idx, targets)
+    with torch.no_grad():
+        hf_out = hf(idx, labels=idx)
+    torch.testing.assert_close(logits, hf_out.logits, atol=1e-4, rtol=0)
+    hf_loss = F.cross_entropy(hf_out.logits.view(-1, 97), targets.view(-1))
+    torch.testing.assert_close(loss, hf_loss, atol=1e-4, rtol=0)
+
+
+def test_gpt2_124m_parameter_count():
+    model = GPT(GPTConfig(vocab_size=50257))
+    assert sum(p.numel() for p in model.parameters()) == 124_439_808
+
+
+def test_parameter_names_and_tied_head():
+    model = GPT(tiny_config(n_layer=1))
+    block = ["ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+             "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+             "mlp.c_proj.weight", "mlp.c_proj.bias"]
+    expected = {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight",
+                "transformer.ln_f.bias", "lm_head.weight"} | {f"transformer.h.0.{n}" for n in block}
+    assert set(model.state_dict()) == expected
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert all(isinstance(m, torch.nn.Linear) for n, m in model.named_modules() if n.split(".")[-1].startswith("c_"))
+    assert not any(name.endswith("bias") for name in GPT(tiny_config(bias=False)).state_dict())
+
+
+def test_c_attn_layout_under_gqa():
+    config = tiny_config(gqa=True, n_head=4, n_kv_head=2, n_embd=32)
+    attn = GPT(config).transformer.h[0].attn
+    hd = 32 // 4
+    assert attn.c_attn.weight.shape == ((4 + 2 * 2) * hd, 32)
+
+
+def test_gpt2_initialisation():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=8, n_embd=256, n_head=8, vocab_size=1000, block_size=128))
+    residual = 0.02 / math.sqrt(2 * 8)
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            assert abs(p.std().item() - residual) < 0.1 * residual, name
+        elif name.endswith(("c_attn.weight", "c_fc.weight", "wte.weight", "wpe.weight")):
+            assert abs(p.std().item() - 0.02) < 0.002, name
+        elif name.endswith("bias") and "ln" not in name:
+            assert torch.all(p == 0), name
+
+
+def test_loss_ignores_minus_one():
+    model = perturbed_model(tiny_config())
+    idx = torch.randint(97, (2, 16))
+    targets = torch.randint(97, (2, 16))
+    targets[:, :5] = -1
+    logits, loss = model(idx, targets)
+    expected = F.cross_entropy(logits[:, 5:].reshape(-1, 97), targets[:, 5:].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+    assert model(idx)[1] is None
+    assert logits.shape == (2, 16, 97)
+
+
+@pytest.mark.parametrize("rope,gqa,swa", SWITCHES)
+def test_causality(rope, gqa, swa):
+    model = perturbed_model(tiny_config(rope, gqa, swa))
+    idx = torch.randint(97, (1, 20))
+    t = 11
+    changed = idx.clone()
+    changed[0, t] = (idx[0, t] + 1) % 97
+    a, _ = model(idx)
+    b, _ = model(changed)
+    torch.testing.assert_close(a[:, :t], b[:, :t], atol=0, rtol=0)
+    assert not torch.allclose(a[:, t], b[:, t])
+
+
+# ----------------------------------------------------------------------------------------------------
+# RoPE
+
+def test_rope_score_depends_only_on_distance():
+    torch.manual_seed(0)
+    hd = 16
+    q, k = torch.randn(hd), torch.randn(hd)
+
+    def score(m, n):
+        cos, sin = rope_cos_sin(torch.tensor([m, n]), hd, 10000.0)
+        x = torch.stack([q, k])[None, None]  # (1, 1, 2, hd): q at position m, k at position n
+        rotated = apply_rope(x, cos, sin)[0, 0]
+        return (rotated[0] @ rotated[1]).item()
+
+    assert score(5, 2) == pytest.approx(score(105, 102), abs=1e-4)
+    assert score(7, 7) == pytest.approx(score(0, 0), abs=1e-4)
+    assert score(5, 2) != pytest.approx(score(5, 3), abs=1e-3)
+
+
+def test_rope_matches_transformers_llama_convention():
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+    hd, T, theta = 16, 9, 500.0
+    config = LlamaConfig(hidden_size=4 * hd, num_attention_heads=4, rope_theta=theta, max_position_embeddings=64)
+    positions = torch.arange(3, 3 + T)
+    x = torch.randn(2, 4, T, hd)
+    hf_cos, hf_sin = LlamaRotaryEmbedding(config)(x, positions[None])
+    cos, sin = rope_cos_sin(positions, hd, theta)
+    torch.testing.assert_close(cos, hf_cos[0])
+    torch.testing.assert_close(sin, hf_sin[0])
+    expected, _ = apply_rotary_pos_emb(x, x, hf_cos, hf_sin)
+    torch.testing.assert_close(apply_rope(x, cos, sin), expected)
+
+
+def test_rope_model_has_no_position_table():
+    model = GPT(tiny_config(rope=True))
+    assert not any("wpe" in name for name in model.state_dict())
+    assert sum(p.numel() for p in model.parameters()) == \
+        sum(p.numel() for p in GPT(tiny_config()).parameters()) - 32 * 32
+
+
+# ----------------------------------------------------------------------------------------------------
+# GQA
+
+def test_gqa_with_as_many_kv_heads_as_heads_is_multi_head_attention():
+    plain = perturbed_model(tiny_config())
+    grouped = GPT(tiny_config(gqa=True, n_kv_head=4)).eval()
+    grouped.load_state_dict(plain.state_dict())
+    idx = torch.randint(97, (2, 20))
+    torch.testing.assert_close(grouped(idx)[0], plain(idx)[0], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_gqa_against_explicitly_repeated_kv_heads(rope):
+    config = tiny_config(rope=rope, gqa=True, n_head=8, n_kv_head=2, n_embd=64)
+    attn = perturbed_model(config).transformer.h[0].attn
+    B, T, nh, nkv, hd = 2, 12, 8, 2, 8
+    x = torch.randn(B, T, 64)
+    pos = torch.arange(T)
+    cos_sin = rope_cos_sin(pos, hd, config.rope_theta) if rope else None
+    with torch.no_grad():
+        y = attn(x, cos_sin, None, None)
+        q, k, v = attn.c_attn(x).split([nh * hd, nkv * hd, nkv * hd], dim=2)
+        q = q.view(B, T, nh, hd).transpose(1, 2)
+        k = k.view(B, T, nkv, hd).transpose(1, 2)
+        v = v.view(B, T, nkv, hd).transpose(1, 2)
+        if rope:
+            q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
+        k = k.repeat_interleave(nh // nkv, dim=1)  # query head h reads kv head h // (nh // nkv)
+        v = v.repeat_interleave(nh // nkv, dim=1)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
+        scores = scores.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool)), float("-inf"))
+        expected = attn.c_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, 64))
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# SWA
+
+def test_attention_mask_rule():
+    pos = torch.arange(8)
+    mask = attention_mask(pos, pos, window_size=3)
+    for i in range(8):
+        for j in range(8):
+            assert mask[i, j].item() == (i - 3 < j <= i)
+
+
+@pytest.mark.parametrize("rope,gqa", [(False, False), (True, True)])
+def test_swa_with_window_covering_the_sequence_is_causal_attention(rope, gqa):
+    full = perturbed_model(tiny_config(rope, gqa))
+    windowed = GPT(tiny_config(rope, gqa, swa=True, window_size=20)).eval()
+    windowed.load_state_dict(full.state_dict())
+    idx = torch.randint(97, (2, 20))
+    torch.testing.assert_close(windowed(idx)[0], full(idx)[0], atol=1e-5, rtol=0)
+    narrow = GPT(tiny_config(rope, gqa, swa=True, window_size=4)).eval()
+    narrow.load_state_dict(full.state_dict())
+    assert not torch.allclose(narrow(idx)[0], full(idx)[0])
+
+
+def test_swa_token_outside_window_has_no_gradient_path():
+    W, T, t = 4, 16, 12
+    model = perturbed_model(tiny_config(swa=True, window_size=W, n_layer=1))
+    captured = {}
+
+    def keep_embeddings(module, inputs, output):
+        output.retain_grad()
+        captured["emb"] = output
+
+    model.transformer.wte.register_forward_hook(keep_embeddings)
+    logits, _ = model(torch.randint(97, (1, T)))
+    logits[0, t].sum().backward()
+    grad = captured["emb"].grad[0].abs().sum(dim=-1)  # (T,)
+    assert torch.all(grad[:t - W + 1] == 0)            # j <= t - W: outside the window
+    assert torch.all(grad[t - W + 1:t + 1] > 0)        # t - W < j <= t: inside
+    assert torch.all(grad[t + 1:] == 0)                # the future
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generation and the KV cache
+
+@pytest.mark.parametrize("rope,gqa,swa", SWITCHES)
+def test_cache_gives_the_same_greedy_tokens_within_block_size(rope, gqa, swa):
+    model = perturbed_model(tiny_config(rope, gqa, swa))
+    idx = torch.randint(97, (3, 7))
+    with_cache = model.generate(idx, 25, temperature=0.0, use_cache=True)
+    without = model.generate(idx, 25, temperature=0.0, use_cache=False)
+    assert with_cache.shape == (3, 32)
+    assert torch.equal(with_cache, without)
+    assert torch.equal(with_cache[:, :7], idx)
+
+
+@pytest.mark.parametrize("rope,gqa,swa", SWITCHES)
+def test_cache_past_block_size(rope, gqa, swa):
+    # Without SWA (or with learned positions) the cache re-encodes the last block_size tokens past the end,
+    # exactly as generation without it. With SWA under RoPE the rolling cache runs on; with 2 layers of
+    # window 6 a token sees at most 10 tokens back, fewer than block_size, so the tokens are the same too.
+    model = perturbed_model(tiny_config(rope, gqa, swa))
+    idx = torch.randint(97, (2, 20))
+    with_cache = model.generate(idx, 40, temperature=0.0, use_cache=True)
+    without = model.generate(idx, 40, temperature=0.0, use_cache=False)
+    assert with_cache.shape == (2, 60)
+    assert torch.equal(with_cache, without)
+
+
+@pytest.mark.parametrize("rope,gqa,swa", SWITCHES)
+def test_cache_in_chunks_equals_one_forward(rope, gqa, swa):
+    """Feeding a sequence through the cache in uneven chunks gives the logits of one plain forward."""
+    config = tiny_config(rope, gqa, swa)
+    model = perturbed_model(config)
+    idx = torch.randint(97, (2, 30))
+    expected, _ = model(idx)
+    cache = KVCache(config, 2, "cpu", torch.float32)
+    chunks, start = [], 0
+    for size in [5, 1, 1, 8, 1, 3, 7, 1, 3]:
+        logits, _ = model(idx[:, start:start + size], cache=cache)
+        chunks.append(logits)
+        start += size
+    assert start == 30 and cache.pos == 30
+    torch.testing.assert_close(torch.cat(chunks, dim=1), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_memory_holds_kv_heads_and_window_only():
+    config = tiny_config(gqa=True, n_kv_head=2, swa=True, window_size=6)
+    cache = KVCache(config, 3, "cpu", torch.float32)
+    assert cache.k.shape == (2, 3, 2, 6, 8)  # (L, B, n_kv_head, window_size, hd)
+    cache = KVCache(tiny_config(), 3, "cpu", torch.float32)
+    assert cache.k.shape == (2, 3, 4, 32, 8)  # (L, B, n_head, block_size, hd)
+
+
+def test_rolling_cache_runs_past_block_size_with_bounded_memory():
+    config = tiny_config(rope=True, swa=True, window_size=6, block_size=16)
+    model = perturbed_model(config)
+    lengths = []
+    model.transformer.wte.register_forward_hook(lambda m, i, o: lengths.append(i[0].size(1)))
+    out = model.generate(torch.randint(97, (1, 5)), 40, temperature=0.0)
+    assert out.shape == (1, 45)
+    assert lengths == [5] + [1] * 39  # the prompt once, then one position per token, past block_size too
+
+
+def test_cache_costs_one_position_per_new_token():
+    model = perturbed_model(tiny_config())
+    lengths = []
+    model.transformer.wte.register_forward_hook(lambda m, i, o: lengths.append(i[0].size(1)))
+    model.generate(torch.randint(97, (2, 9)), 10, temperature=0.0)
+    assert lengths == [9] + [1] * 9
+    lengths.clear()
+    model.generate(torch.randint(97, (2, 9)), 10, temperature=0.0, use_cache=False)
+    assert lengths == list(range(9, 19))
+
+
+def test_sampling_is_reproducible_with_a_generator():
+    model = perturbed_model(tiny_config())
+    idx = torch.randint(97, (2, 4))
+    a = model.generate(idx, 20, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    b = model.generate(idx, 20, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    c = model.generate(idx, 20, temperature=1.0, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    model = perturbed_model(tiny_config())
+    idx = torch.randint(97, (2, 4))
+    greedy = model.generate(idx, 15, temperature=0.0)
+    assert torch.equal(model.generate(idx, 15, temperature=1.5, top_k=1), greedy)
+    assert torch.equal(model.generate(idx, 15, temperature=1.5, top_p=1e-6), greedy)
+
+
+def test_top_k_and_top_p_restrict_the_choice():
+    from model import sample_next
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    gen = torch.Generator().manual_seed(0)
+    top_k = {sample_next(logits, 1.0, top_k=2, generator=gen).item() for _ in range(300)}
+    top_p = {sample_next(logits, 1.0, top_p=0.7, generator=gen).item() for _ in range(300)}
+    top_p_edge = {sample_next(logits, 1.0, top_p=0.85, generator=gen).item() for _ in range(300)}
+    assert top_k == {0, 1} and top_p == {0, 1} and top_p_edge == {0, 1, 2}
+
+
+def test_generate_tokens_streams_what_generate_returns():
+    model = perturbed_model(tiny_config())
+    idx = torch.randint(97, (1, 4))
+    streamed = torch.cat([idx] + list(model.generate_tokens(idx, 12, temperature=0.0)), dim=1)
+    assert torch.equal(streamed, model.generate(idx, 12, temperature=0.0))
+    assert model.generate(idx, 0).shape == (1, 4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input
+
+@pytest.mark.parametrize("overrides,words", [
+    (dict(n_embd=30, n_head=4), ["n_embd=30", "n_head=4"]),
+    (dict(gqa=True, n_head=4, n_kv_head=3), ["n_head=4", "n_kv_head=3"]),
+    (dict(rope=True, n_embd=12, n_head=4), ["even", "3"]),
+    (dict(swa=True, window_size=0), ["window_size=0"]),
+    (dict(n_layer=0), ["n_layer=0"]),
+    (dict(vocab_size=-5), ["vocab_size=-5"]),
+    (dict(block_size=2.5), ["block_size=2.5"]),
+    (dict(dropout=1.0), ["dropout=1.0"]),
+    (dict(dropout=-0.1), ["dropout=-0.1"]),
+])
+def test_bad_config_raises_value_error_naming_values(overrides, words):
+    with pytest.raises(ValueError) as info:
+        GPTConfig(**overrides)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_bad_forward_and_generate_input():
+    model = perturbed_model(tiny_config())
+    idx = torch.randint(97, (1, 4))
+    with pytest.raises(ValueError, match="T=33.*block_size=32"):
+        model(torch.randint(97, (1, 33)))
+    with pytest.raises(ValueError, match="integer"):
+        model(torch.rand(1, 4))
+    with pytest.raises(ValueError, match="integer"):
+        model.generate(idx.float(), 3)
+    with pytest.raises(ValueError, match="empty"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="max_new_tokens=-1"):
+        model.generate(idx, -1)
+    for top_p in (0.0, 1.5):
+        with pytest.raises(ValueError, match=f"top_p={top_p}"):
+            model.generate(idx, 3, top_p=top_p)
+    with pytest.raises(ValueError, match="temperature=-0.5"):
+        model.generate(idx, 3, temperature=-0.5)
+    with pytest.raises(ValueError, match="top_k=0"):
+        model.generate(idx, 3, top_k=0)
