@@ -19,6 +19,15 @@ import load_gpt2 as lg
 from load_gpt2 import DownloadError, LoadError, load_gpt2
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine their spin-waits cost 100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_hf(n_embd=32, n_head=4, n_layer=2, n_positions=32, vocab_size=100, seed=0):
     """A random GPT-2 whose weights are perturbed to std 0.2: at GPT-2's 0.02 a wrong GELU or LayerNorm eps
     would hide under the tolerance."""
@@ -283,7 +292,7 @@ def hub(hf_dir, monkeypatch, tmp_path):
     weights = (hf_dir / "model.safetensors").read_bytes()
     server = Hub({"/openai-community/gpt2/resolve/main/model.safetensors": weights,
                   "/openai-community/gpt2/resolve/main/config.json": (hf_dir / "config.json").read_bytes()})
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
