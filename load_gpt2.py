@@ -344,6 +344,10 @@ def gpt2_config(sd, hf_config, source):
 
 OVERRIDES = {"dropout": float, "swa": bool, "window_size": int, "gqa": bool, "n_kv_head": int,
              "block_size": int, "rope": bool}
+OVERRIDE_HELP = {"dropout": "dropout for fine-tuning", "swa": "a sliding attention window at inference",
+                 "window_size": "the window of swa", "gqa": "grouped-query attention, k/v heads mean-pooled in groups",
+                 "n_kv_head": "key/value heads under gqa", "block_size": "a shorter context (crops wpe)",
+                 "rope": "refused: GPT-2 learned absolute positions"}
 
 
 def apply_overrides(sd, config, overrides, source="the checkpoint"):
@@ -465,10 +469,17 @@ def main(argv=None):
     parser.add_argument("name_or_path", help=f"{', '.join(NAMES)}, or a Hugging Face-format directory or .safetensors file")
     parser.add_argument("--out", help="write a checkpoint here (a .pt path, or a directory for DIR/ckpt.pt)")
     for key, kind in OVERRIDES.items():
-        parser.add_argument(f"--{key}", type=parse_bool if kind is bool else kind, metavar=kind.__name__.upper())
+        parser.add_argument(f"--{key}", type=parse_bool if kind is bool else kind, metavar=kind.__name__.upper(),
+                            help=OVERRIDE_HELP[key])
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     try:
+        if args.name_or_path in PINNED:  # a file found in the cache is checked too, not only a fresh download
+            path = fetch(args.name_or_path)
+            problem = check_file(path, *PINNED[args.name_or_path])
+            if problem:
+                raise LoadError(f"{path} is not OpenAI's {args.name_or_path} ({problem}): delete it and run again")
+            print(f"{path}: size and sha256 verified")
         model = load_gpt2(args.name_or_path, **overrides)
     except (LoadError, DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -369,6 +369,20 @@ def test_file_in_the_hub_cache_is_used_without_any_request(hub, hf_model, tmp_pa
     assert torch.equal(model.transformer.wte.weight, hf_model.transformer.wte.weight)
 
 
+def test_cli_verifies_a_pinned_file_found_in_the_cache(hub, tmp_path, capsys):
+    lg.main(["gpt2"])
+    assert "size and sha256 verified" in capsys.readouterr().out
+    path = lg.find_cached("gpt2", "model.safetensors")
+    with open(path, "r+b") as f:  # one flipped byte in the data: the file still loads, but is not GPT-2
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    with pytest.raises(SystemExit) as e:
+        lg.main(["gpt2"])
+    assert e.value.code == 1 and "is not OpenAI's gpt2 (sha256" in capsys.readouterr().err
+
+
 def test_no_network_says_url_cache_path_and_what_to_do(hub, monkeypatch):
     with socket.socket() as s:  # a port where nothing listens
         s.bind(("127.0.0.1", 0))
