@@ -26,8 +26,8 @@ from model import GPTConfig
 DEFAULTS = dict(
     init_from="gpt2",     # gpt2, gpt2-medium, gpt2-large, gpt2-xl, resume (out_dir/ckpt.pt), or a Hugging Face-format path
     out_dir="out",
-    start="",             # the prompt: text, or FILE:path. "" samples unconditionally: from GPT-2's <|endoftext|>
-                          # token, or a newline for a character-level model
+    start="Hello, I'm a language model,",  # the prompt: text, or FILE:path. "" samples unconditionally: from
+                          # GPT-2's <|endoftext|> token, or a newline for a character-level model
     num_samples=1,
     max_new_tokens=200,
     temperature=0.8,      # 0 is greedy

@@ -157,7 +157,7 @@ def test_one_sample_streams_as_it_is_generated(char_out_dir, monkeypatch):
 
 
 def test_seed_changes_the_sample(char_out_dir, capsys):
-    args = ["--init_from=resume", f"--out_dir={char_out_dir}", "--temperature=1.0", "--max_new_tokens=30"]
+    args = ["--init_from=resume", f"--out_dir={char_out_dir}", "--start=", "--temperature=1.0", "--max_new_tokens=30"]
     one, two = (sample_in_process(capsys, *args, f"--seed={seed}").out for seed in (1, 2))
     assert one != two and len(one) == len(two) == 31  # start='' is a newline for a character-level model: not printed
 
