@@ -84,6 +84,9 @@ def load_config(defaults, argv=None):
     """defaults updated by the config files and --key=value overrides in argv (sys.argv[1:] by default)."""
     config = dict(defaults)
     for arg in sys.argv[1:] if argv is None else argv:
+        if arg in ("-h", "--help"):
+            print_help(defaults)
+            sys.exit(0)
         if arg.startswith("--"):
             key, eq, text = arg[2:].partition("=")
             if not eq:
@@ -92,6 +95,13 @@ def load_config(defaults, argv=None):
         else:
             config.update(read_config_file(arg, defaults))
     return config
+
+
+def print_help(defaults):
+    script = os.path.basename(sys.argv[0])
+    print(f"usage: python {script} [config_file.py ...] [--key=value ...]\n\nkeys and their defaults:")
+    for key, value in defaults.items():
+        print(f"  --{key}={value!r}")
 
 
 def auto_device():

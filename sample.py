@@ -21,7 +21,7 @@ import torch
 
 from configurator import ConfigError, auto_device, auto_dtype, exit_with_error, load_config
 from load_gpt2 import DownloadError, LoadError, apply_overrides, build_model, load_gpt2, read_json, short
-from model import GPTConfig
+from model import GPTConfig, column_major_weights_
 
 DEFAULTS = dict(
     init_from="gpt2",     # gpt2, gpt2-medium, gpt2-large, gpt2-xl, resume (out_dir/ckpt.pt), or a Hugging Face-format path
@@ -212,6 +212,8 @@ def sample(c):
         raise LoadError(f"the model's vocab_size={model.config.vocab_size} is smaller than its tokenizer's "
                         f"{tokenizer.vocab_size} tokens: the two do not belong together")
     model.eval().to(device)
+    if device == "cpu":
+        column_major_weights_(model)  # faster one-token matrix-vector products on a CPU (see model.py)
     if c["compile"]:
         model.compile()  # compiles forward in place, so generate's calls use it
     ids = prompt_ids(c["start"], tokenizer, model.config.block_size)
