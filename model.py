@@ -243,8 +243,12 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy against targets (-1 ignored)."""
+    def forward(self, idx, targets=None, cache=None, last_only=False):
+        """
+        idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy against targets (-1 ignored).
+        cache: a KVCache that idx continues (generation). last_only: logits of the last position only,
+        (B, 1, V), all that generation needs.
+        """
         check_token_ids(idx)
         B, T = idx.size()
         cfg = self.config
@@ -275,6 +279,8 @@ class GPT(nn.Module):
             x = block(x, rope, mask, cache)
         if cache is not None:
             cache.advance(T)
+        if last_only:
+            x = x[:, -1:]
         logits = self.lm_head(self.transformer.ln_f(x))          # (B, T, V)
         loss = None
         if targets is not None:
@@ -311,10 +317,10 @@ class GPT(nn.Module):
         cache, seq = None, idx
         for _ in range(max_new_tokens):
             if not use_cache:
-                logits, _ = self(seq[:, -cfg.block_size:])
+                logits, _ = self(seq[:, -cfg.block_size:], last_only=True)
             elif cache is None or (cache.pos >= cfg.block_size and not runs_on):
                 cache = KVCache(cfg, seq.size(0), seq.device, self.lm_head.weight.dtype)
-                logits, _ = self(seq[:, -cfg.block_size:], cache=cache)  # prefill
+                logits, _ = self(seq[:, -cfg.block_size:], cache=cache, last_only=True)  # prefill
             else:
                 logits, _ = self(seq[:, -1:], cache=cache)               # decode one position
             next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)

@@ -391,3 +391,9 @@ def test_bad_forward_and_generate_input():
         model.generate(idx, 3, temperature=-0.5)
     with pytest.raises(ValueError, match="top_k=0"):
         model.generate(idx, 3, top_k=0)
+
+
+def test_last_only_gives_the_last_positions_logits():
+    model = perturbed_model(tiny_config())
+    idx = torch.randint(97, (2, 10))
+    torch.testing.assert_close(model(idx, last_only=True)[0], model(idx)[0][:, -1:], atol=1e-6, rtol=0)
