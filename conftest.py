@@ -5,6 +5,7 @@ import os
 import tempfile
 
 import pytest
+import torch
 
 GPT2_BPE_URLS = [
     "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
@@ -29,3 +30,12 @@ def gpt2_bpe():
         pytest.skip(reason)
     import tiktoken
     return tiktoken.get_encoding("gpt2")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tests' models are tiny: they gain nothing from threads, and on a busy machine spin-waits cost 100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

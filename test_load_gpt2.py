@@ -19,15 +19,6 @@ import load_gpt2 as lg
 from load_gpt2 import DownloadError, LoadError, load_gpt2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine their spin-waits cost 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_hf(n_embd=32, n_head=4, n_layer=2, n_positions=32, vocab_size=100, seed=0):
     """A random GPT-2 whose weights are perturbed to std 0.2: at GPT-2's 0.02 a wrong GELU or LayerNorm eps
     would hide under the tolerance."""

@@ -20,15 +20,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ITOS = list("\n !',.?abcdefghijklmnopqrstuvwxyz")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine their spin-waits cost 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def perturbed(model, std=0.5, seed=0):
     """Weights far from GPT-2's small init, so that greedy choices are clear-cut, not near-ties."""
     torch.manual_seed(seed)
