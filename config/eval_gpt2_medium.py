@@ -1,0 +1,10 @@
+"""
+Measure OpenAI's gpt2-medium on FineWeb-Edu's val split (python data/fineweb/prepare.py first):
+    python train.py config/eval_gpt2_medium.py        (or --dataset=shakespeare, say, for another set)
+"""
+init_from = 'gpt2-medium'
+eval_only = True
+out_dir = 'out-eval-gpt2-medium'  # log.jsonl gets the result
+dataset = 'fineweb'
+batch_size = 8
+eval_iters = 500  # 500 x 8 x 1024 = 4M tokens
