@@ -1,0 +1,274 @@
+"""train.py end to end on a tiny synthetic corpus: one process in this process, DDP and FSDP under torchrun."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ITOS = list("\nabcdefgh ")
+TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4', '--device=cpu',
+        '--compile=False', '--dtype=float32', '--learning_rate=3e-3', '--warmup_iters=2', '--min_lr=3e-4',
+        '--eval_iters=2', '--log_interval=1', '--gradient_accumulation_steps=1']
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    """A character corpus with structure to learn: words of a small alphabet with repeating spellings."""
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(ITOS[1:-1], size=rng.integers(2, 6))) for _ in range(12)]
+    text = " ".join(rng.choice(words, size=6000)) + "\n"
+    ids = np.array([ITOS.index(c) for c in text], dtype=np.uint16)
+    d = tmp_path_factory.mktemp('data')
+    n = int(0.9 * len(ids))
+    ids[:n].tofile(d / 'train.bin')
+    ids[n:].tofile(d / 'val.bin')
+    (d / 'meta.json').write_text(json.dumps({'vocab_size': len(ITOS), 'dtype': 'uint16',
+                                             'tokenizer': {'name': 'char', 'itos': ITOS}}))
+    return str(d)
+
+
+def run_train(data_dir, out_dir, *args):
+    """train.main in this process (one process, CPU)."""
+    train.main([f'--data_dir={data_dir}', f'--out_dir={out_dir}', *TINY, *args])
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, 'log.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(out_dir):
+    """{iter: loss} of the training steps in log.jsonl (a resumed run appends)."""
+    return {e['iter']: e['loss'] for e in read_log(out_dir) if 'loss' in e}
+
+
+def env(**extra):
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=HERE, **extra)
+
+
+def torchrun(data_dir, out_dir, *args):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           os.path.join(HERE, 'train.py'), f'--data_dir={data_dir}', f'--out_dir={out_dir}', *TINY, *args]
+    result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def sample_from(out_dir):
+    result = subprocess.run([sys.executable, os.path.join(HERE, 'sample.py'), '--init_from=resume',
+                             f'--out_dir={out_dir}', '--start=ab', '--max_new_tokens=20', '--temperature=0'],
+                            env=env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('ab') and len(result.stdout) > 10
+    return result.stdout
+
+
+def one_line_error(capsys, argv, code=1):
+    with pytest.raises(SystemExit) as info:
+        train.main(argv)
+    assert info.value.code == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith('error: '), err
+    return err
+
+
+# ----------------------------------------------------------------------------------------------------
+# one process
+
+def test_loss_falls_and_log_jsonl_has_the_figures(data_dir, tmp_path):
+    run_train(data_dir, tmp_path, '--max_iters=60', '--eval_interval=30', '--gradient_accumulation_steps=2',
+              '--peak_flops=1e12')
+    log = read_log(tmp_path)
+    steps = [e for e in log if 'loss' in e]
+    evals = [e for e in log if 'val_loss' in e]
+    assert [e['iter'] for e in steps] == list(range(60))
+    assert [e['iter'] for e in evals] == [0, 30, 60]
+    assert set(steps[0]) >= {'iter', 'loss', 'lr', 'ms', 'tokens_per_sec', 'mfu'}
+    assert steps[0]['tokens_per_sec'] > 0 and 0 < steps[0]['mfu'] < 1
+    assert np.mean([e['loss'] for e in steps[-5:]]) < 0.7 * np.mean([e['loss'] for e in steps[:5]])
+    assert evals[-1]['val_loss'] < 0.7 * evals[0]['val_loss']
+
+
+def test_resume_is_exact_and_checkpoint_loads_with_weights_only(data_dir, tmp_path):
+    straight, split = tmp_path / 'straight', tmp_path / 'split'
+    run_train(data_dir, straight, '--max_iters=8', '--eval_interval=4', '--dropout=0.1')
+    run_train(data_dir, split, '--max_iters=4', '--eval_interval=4', '--dropout=0.1')
+    run_train(data_dir, split, '--max_iters=8', '--eval_interval=4', '--dropout=0.1', '--init_from=resume')
+    assert train_losses(split) == train_losses(straight)  # identical, not merely close
+    assert sorted(train_losses(split)) == list(range(8))
+    ckpt = torch.load(split / 'ckpt.pt', map_location='cpu', weights_only=True)
+    assert set(ckpt) >= {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config', 'tokenizer'}
+    assert ckpt['iter_num'] == 8 and ckpt['tokenizer'] == {'name': 'char', 'itos': ITOS}
+    assert ckpt['config']['max_iters'] == 8 and ckpt['model_args']['n_layer'] == 2
+    assert not any(k.startswith(('_orig_mod.', 'module.')) for k in ckpt['model'])
+    straight_ckpt = torch.load(straight / 'ckpt.pt', map_location='cpu', weights_only=True)
+    for k, v in ckpt['model'].items():
+        assert torch.equal(v, straight_ckpt['model'][k]), k
+    sample_from(split)
+
+
+def test_eval_only_writes_no_checkpoint(data_dir, tmp_path, capsys):
+    run_train(data_dir, tmp_path, '--max_iters=2', '--eval_interval=2')
+    before = (tmp_path / 'ckpt.pt').read_bytes()
+    run_train(data_dir, tmp_path, '--init_from=resume', '--eval_only=True')
+    assert 'val loss' in capsys.readouterr().out
+    assert (tmp_path / 'ckpt.pt').read_bytes() == before
+    assert 'val_loss' in read_log(tmp_path)[-1]
+
+
+def test_fine_tune_from_a_gpt2_directory_with_gqa(tmp_path):
+    """init_from a Hugging Face-format GPT-2, converted to GQA by load_gpt2, then uptrained."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    hf_dir = tmp_path / 'hf'
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64)).save_pretrained(hf_dir)
+    data = tmp_path / 'data'
+    data.mkdir()
+    ids = np.random.default_rng(0).integers(0, 50257, size=4000).astype(np.uint16)
+    ids[:3600].tofile(data / 'train.bin')
+    ids[3600:].tofile(data / 'val.bin')
+    (data / 'meta.json').write_text(json.dumps({'vocab_size': 50257, 'dtype': 'uint16', 'tokenizer': {'name': 'gpt2'}}))
+    out = tmp_path / 'out'
+    train.main([f'--data_dir={data}', f'--out_dir={out}', f'--init_from={hf_dir}', '--gqa=True', '--n_kv_head=2',
+                '--block_size=32', '--batch_size=2', '--max_iters=3', '--eval_interval=3', '--eval_iters=1',
+                '--device=cpu', '--compile=False'])
+    ckpt = torch.load(out / 'ckpt.pt', map_location='cpu', weights_only=True)
+    assert ckpt['model_args']['gqa'] and ckpt['model_args']['n_kv_head'] == 2
+    assert ckpt['model_args']['n_layer'] == 2 and ckpt['model_args']['block_size'] == 32
+    assert ckpt['model']['transformer.h.0.attn.c_attn.weight'].shape == ((4 + 2 * 2) * 8, 32)
+    assert ckpt['tokenizer'] == {'name': 'gpt2'}
+    assert all(np.isfinite(e['loss']) for e in read_log(out) if 'loss' in e)
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_zero(data_dir, tmp_path):
+    cmd = [sys.executable, os.path.join(HERE, 'train.py'), f'--data_dir={data_dir}', f'--out_dir={tmp_path}',
+           *TINY, '--max_iters=100000', '--eval_interval=100000']
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait until training runs
+        if line.startswith('iter 3:'):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert 'stopped by a signal' in out
+    ckpt = torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)
+    assert ckpt['iter_num'] >= 4
+    assert sorted(train_losses(tmp_path)) == list(range(ckpt['iter_num']))  # every finished step was logged
+
+
+def test_nan_loss_stops_with_the_iteration_and_keeps_the_checkpoint(data_dir, tmp_path, capsys, monkeypatch):
+    run_train(data_dir, tmp_path, '--max_iters=2', '--eval_interval=2')
+    before = (tmp_path / 'ckpt.pt').read_bytes()
+    real_forward = train.GPT.forward
+    calls = []
+
+    def forward_going_nan(self, idx, targets=None, **kwargs):
+        logits, loss = real_forward(self, idx, targets, **kwargs)
+        if self.training:
+            calls.append(1)
+            if len(calls) >= 5:  # iterations 2, 3, 4 and 5 are fine
+                loss = loss * float('nan')
+        return logits, loss
+
+    monkeypatch.setattr(train.GPT, 'forward', forward_going_nan)
+    err = one_line_error(capsys, [f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY, '--init_from=resume',
+                                  '--max_iters=20', '--eval_interval=100'])
+    assert 'nan' in err and 'iteration 6' in err
+    assert (tmp_path / 'ckpt.pt').read_bytes() == before
+
+
+# ----------------------------------------------------------------------------------------------------
+# torchrun: DDP and FSDP on 2 CPU processes with gloo
+
+def test_ddp_and_fsdp_match_one_process_and_resume(data_dir, tmp_path):
+    common = ['--gradient_accumulation_steps=2', '--eval_interval=3', '--dropout=0.0']
+    run_train(data_dir, tmp_path / 'one', *common, '--max_iters=6')
+    one = train_losses(tmp_path / 'one')
+
+    out = torchrun(data_dir, tmp_path / 'ddp', *common, '--max_iters=6')
+    assert 'training: ddp under torchrun, world size 2' in out
+    ddp = train_losses(tmp_path / 'ddp')
+    assert sorted(ddp) == list(range(6))
+    assert all(abs(ddp[i] - one[i]) < 1e-3 for i in range(6)), (ddp, one)
+
+    out = torchrun(data_dir, tmp_path / 'fsdp', *common, '--max_iters=3', '--parallel=fsdp')
+    assert 'training: fsdp under torchrun, world size 2' in out
+    out = torchrun(data_dir, tmp_path / 'fsdp', *common, '--max_iters=6', '--parallel=fsdp', '--init_from=resume')
+    fsdp = train_losses(tmp_path / 'fsdp')
+    assert sorted(fsdp) == list(range(6))  # 0-2, then 3-5 after the resume
+    assert all(abs(fsdp[i] - one[i]) < 1e-3 for i in range(6)), (fsdp, one)
+
+    # the checkpoints are full (unsharded) states: they resume in one process and load in sample.py
+    for name in ('ddp', 'fsdp'):
+        ckpt = torch.load(tmp_path / name / 'ckpt.pt', map_location='cpu', weights_only=True)
+        assert ckpt['iter_num'] == 6
+        assert ckpt['model']['transformer.wte.weight'].shape == (len(ITOS), 32)
+        assert torch.equal(ckpt['model']['transformer.wte.weight'], ckpt['model']['lm_head.weight'])  # still tied
+    run_train(data_dir, tmp_path / 'ddp', *common, '--max_iters=7', '--init_from=resume')
+    assert sorted(train_losses(tmp_path / 'ddp')) == list(range(7))
+    assert sample_from(tmp_path / 'ddp') and sample_from(tmp_path / 'fsdp')
+
+
+# ----------------------------------------------------------------------------------------------------
+# bad input: one line, exit 1, nothing overwritten
+
+def test_bad_input_is_one_clear_line(data_dir, tmp_path, capsys, monkeypatch):
+    base = [f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY, '--max_iters=2']
+    assert "did you mean 'batch_size'" in one_line_error(capsys, base + ['--batch_sise=3'])
+    assert "'n_layer' must be int, got 'two'" in one_line_error(capsys, base + ['--n_layer=two'])
+    assert 'data/nowhere' in one_line_error(capsys, [*base, '--data_dir=data/nowhere'])
+    err = one_line_error(capsys, [*base, f'--data_dir={os.path.join(HERE, "data", "shakespeare_char")}-missing'])
+    assert 'not found' in err
+    err = one_line_error(capsys, [*base, '--block_size=5000'])  # val.bin holds ~2,700 tokens
+    assert 'val.bin' in err and 'block_size' in err
+    err = one_line_error(capsys, [*base, '--init_from=resume'])
+    assert 'no checkpoint' in err
+    assert 'float16' in one_line_error(capsys, [*base, '--dtype=float16'])
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
+    assert 'cannot be written' in one_line_error(capsys, [*base, f'--out_dir={blocker}/out'])
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('RANK', '0')
+    err = one_line_error(capsys, [*base, '--gradient_accumulation_steps=3'])
+    assert 'gradient_accumulation_steps=3' in err and 'world size (2)' in err
+
+
+def test_missing_bin_names_the_prepare_script(tmp_path, capsys):
+    data = tmp_path / 'shakespeare_char'
+    data.mkdir()
+    (data / 'prepare.py').write_text('')
+    err = one_line_error(capsys, [f'--data_dir={data}', f'--out_dir={tmp_path}/out', *TINY])
+    assert 'prepare.py' in err and 'meta.json' in err
+
+
+def test_wrong_or_corrupt_checkpoint_is_refused_and_left_alone(data_dir, tmp_path, capsys):
+    run_train(data_dir, tmp_path, '--max_iters=2', '--eval_interval=2')
+    path = tmp_path / 'ckpt.pt'
+    good, log = path.read_bytes(), (tmp_path / 'log.jsonl').read_bytes()
+    base = [f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY, '--init_from=resume', '--max_iters=4']
+    err = one_line_error(capsys, [a for a in base if not a.startswith('--n_layer')] + ['--n_layer=3'])
+    assert 'n_layer=2' in err and 'n_layer=3' in err
+    assert path.read_bytes() == good and (tmp_path / 'log.jsonl').read_bytes() == log
+    path.write_bytes(good[:len(good) // 2])
+    assert 'not a readable checkpoint' in one_line_error(capsys, base)
+    assert path.read_bytes() == good[:len(good) // 2] and (tmp_path / 'log.jsonl').read_bytes() == log
+
+
+def test_distributed_errors_come_from_rank_zero_only(data_dir, tmp_path):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           os.path.join(HERE, 'train.py'), f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY,
+           '--gradient_accumulation_steps=3']
+    start = time.time()
+    result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.count('error: gradient_accumulation_steps=3') == 1, result.stderr
+    assert time.time() - start < 60
