@@ -98,3 +98,11 @@ def test_defaults_hold_every_model_field_and_nothing_else():
     assert set(train.MODEL_KEYS) <= set(train.DEFAULTS)
     assert not {'DEFAULTS', 'MODEL_KEYS', 'RANK', 'MASTER', 'PEAK_BF16_FLOPS'} & set(train.DEFAULTS)
     assert all(isinstance(v, (int, float, bool, str, type(None))) for v in train.DEFAULTS.values())
+
+
+def test_help_lists_every_key_with_its_default(capsys):
+    with pytest.raises(SystemExit) as info:
+        load_config(train.DEFAULTS, ['--help'])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(f"--{key}={value!r}" in out for key, value in train.DEFAULTS.items())
