@@ -142,7 +142,8 @@ def draw_offsets(seed, stream, step, shape, n_windows):
 def open_data(cfg):
     """meta.json and the train and val datasets of cfg.data_dir, or one clear error."""
     prepare = os.path.join(cfg.data_dir, 'prepare.py')
-    hint = f"run python {os.path.relpath(prepare)} first" if os.path.isfile(prepare) else \
+    shown = os.path.relpath(prepare) if not os.path.relpath(prepare).startswith('..') else prepare
+    hint = f"run python {shown} first" if os.path.isfile(prepare) else \
         "it needs train.bin, val.bin and meta.json (see data/*/prepare.py)"
     if not os.path.isdir(cfg.data_dir):
         fail(f"data directory '{cfg.data_dir}' not found: {hint}")
