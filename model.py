@@ -307,9 +307,10 @@ class GPT(nn.Module):
         Like generate, but yields each new token (B, 1) as soon as it is chosen (for streaming).
 
         Without the cache every step runs the last block_size tokens. With it the prompt is encoded once
-        and each new token costs one position. Past block_size the cache would hold positions the model
-        never learned, so without SWA (or with SWA but learned positions) each step re-encodes the last
-        block_size tokens, exactly as without the cache; with SWA under RoPE the rolling cache just runs on.
+        and each new token costs one position. Past block_size, generation without the cache sees only the
+        last block_size tokens, renumbered from position 0; to give the same tokens, the cache is rebuilt
+        from them at every step. Only SWA under RoPE runs on: its rolling cache keeps the last window_size
+        positions, which go on counting past block_size (as in Mistral).
         """
         check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
         cfg = self.config

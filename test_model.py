@@ -397,3 +397,15 @@ def test_last_only_gives_the_last_positions_logits():
     model = perturbed_model(tiny_config())
     idx = torch.randint(97, (2, 10))
     torch.testing.assert_close(model(idx, last_only=True)[0], model(idx)[0][:, -1:], atol=1e-6, rtol=0)
+
+
+def test_column_major_weights_keep_names_values_and_tying():
+    from model import column_major_weights_
+    model = perturbed_model(tiny_config())
+    idx = torch.randint(97, (2, 12))
+    before, names = model(idx)[0], set(model.state_dict())
+    column_major_weights_(model)
+    assert set(model.state_dict()) == names and model.lm_head.weight is model.transformer.wte.weight
+    assert model.transformer.h[0].mlp.c_fc.weight.stride() == (1, 4 * 32)  # (out, in) stored as (in, out)
+    torch.testing.assert_close(model(idx)[0], before, atol=1e-5, rtol=0)
+    assert torch.equal(model.generate(idx, 8, temperature=0.0), model.generate(idx, 8, temperature=0.0, use_cache=False))
