@@ -6,12 +6,17 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import train
+from model import GPT, GPTConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ITOS = list("\nabcdefgh ")
@@ -49,6 +54,18 @@ def read_log(out_dir):
 def train_losses(out_dir):
     """{iter: loss} of the training steps in log.jsonl (a resumed run appends)."""
     return {e['iter']: e['loss'] for e in read_log(out_dir) if 'loss' in e}
+
+
+def grad_norms(out_dir):
+    return {e['iter']: e['grad_norm'] for e in read_log(out_dir) if 'loss' in e}
+
+
+def val_losses(out_dir):
+    return {e['iter']: e['val_loss'] for e in read_log(out_dir) if 'val_loss' in e}
+
+
+def close(a, b, tol=1e-3):
+    return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= tol * max(1.0, abs(b[k])) for k in a)
 
 
 def env(**extra):
@@ -149,14 +166,15 @@ def test_fine_tune_from_a_gpt2_directory_with_gqa(tmp_path):
     assert all(np.isfinite(e['loss']) for e in read_log(out) if 'loss' in e)
 
 
-def test_sigterm_finishes_the_step_saves_and_exits_zero(data_dir, tmp_path):
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_finishes_the_step_saves_and_exits_zero(data_dir, tmp_path, signum):
     cmd = [sys.executable, os.path.join(HERE, 'train.py'), f'--data_dir={data_dir}', f'--out_dir={tmp_path}',
            *TINY, '--max_iters=100000', '--eval_interval=100000']
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # wait until training runs
         if line.startswith('iter 3:'):
             break
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert 'stopped by a signal' in out
@@ -193,19 +211,25 @@ def test_ddp_and_fsdp_match_one_process_and_resume(data_dir, tmp_path):
     common = ['--gradient_accumulation_steps=2', '--eval_interval=3', '--dropout=0.0']
     run_train(data_dir, tmp_path / 'one', *common, '--max_iters=6')
     one = train_losses(tmp_path / 'one')
+    one_norms, one_evals = grad_norms(tmp_path / 'one'), val_losses(tmp_path / 'one')
+    assert max(one_norms.values()) > 1.0  # grad_clip=1.0 acts: clipping is part of what is compared
 
     out = torchrun(data_dir, tmp_path / 'ddp', *common, '--max_iters=6')
-    assert 'training: ddp under torchrun, world size 2' in out
+    assert out.splitlines()[0].startswith('training: ddp under torchrun, world size 2')  # the first line
+    assert out.count('config:') == 1  # printed once, by rank 0
     ddp = train_losses(tmp_path / 'ddp')
     assert sorted(ddp) == list(range(6))
     assert all(abs(ddp[i] - one[i]) < 1e-3 for i in range(6)), (ddp, one)
+    assert close(grad_norms(tmp_path / 'ddp'), one_norms) and close(val_losses(tmp_path / 'ddp'), one_evals)
 
     out = torchrun(data_dir, tmp_path / 'fsdp', *common, '--max_iters=3', '--parallel=fsdp')
-    assert 'training: fsdp under torchrun, world size 2' in out
+    assert out.splitlines()[0].startswith('training: fsdp under torchrun, world size 2')
     out = torchrun(data_dir, tmp_path / 'fsdp', *common, '--max_iters=6', '--parallel=fsdp', '--init_from=resume')
     fsdp = train_losses(tmp_path / 'fsdp')
     assert sorted(fsdp) == list(range(6))  # 0-2, then 3-5 after the resume
     assert all(abs(fsdp[i] - one[i]) < 1e-3 for i in range(6)), (fsdp, one)
+    # the norm clip_grad_norm_ computes over the shards is the whole model's, as in one process
+    assert close(grad_norms(tmp_path / 'fsdp'), one_norms) and close(val_losses(tmp_path / 'fsdp'), one_evals)
 
     # the checkpoints are full (unsharded) states: they resume in one process and load in sample.py
     for name in ('ddp', 'fsdp'):
@@ -233,6 +257,8 @@ def test_bad_input_is_one_clear_line(data_dir, tmp_path, capsys, monkeypatch):
     err = one_line_error(capsys, [*base, '--init_from=resume'])
     assert 'no checkpoint' in err
     assert 'float16' in one_line_error(capsys, [*base, '--dtype=float16'])
+    assert "'compile' must be True, False or None" in one_line_error(capsys, [*base, '--compile=1'])
+    assert "'parallel' must be 'ddp' or 'fsdp'" in one_line_error(capsys, [*base, '--parallel=zero'])
     blocker = tmp_path / 'a_file'
     blocker.write_text('')
     assert 'cannot be written' in one_line_error(capsys, [*base, f'--out_dir={blocker}/out'])
@@ -272,3 +298,98 @@ def test_distributed_errors_come_from_rank_zero_only(data_dir, tmp_path):
     assert result.returncode != 0
     assert result.stderr.count('error: gradient_accumulation_steps=3') == 1, result.stderr
     assert time.time() - start < 60
+
+
+# ----------------------------------------------------------------------------------------------------
+# the pieces
+
+def test_dataset_windows_and_uint32_ids(tmp_path):
+    ids = np.arange(70_000, 70_050, dtype=np.uint32)  # ids past 65,535 need uint32
+    ids.tofile(tmp_path / 'train.bin')
+    ds = train.GPT2TrainingDataset(str(tmp_path / 'train.bin'), block_size=8, dtype='uint32')
+    assert len(ds) == 42  # windows of 9 tokens start at 0 .. 41
+    x, y = ds[5]
+    assert x.tolist() == list(range(70_005, 70_013)) and y.tolist() == list(range(70_006, 70_014))
+    xb, yb = ds.batch([0, 41], torch.device('cpu'))
+    assert xb.shape == yb.shape == (2, 8) and xb.dtype == torch.int64 and yb[1, -1] == 70_049
+
+
+def test_micro_batches_depend_on_seed_and_step_only():
+    a = train.draw_offsets(1337, 0, 5, (4, 3), 1000)
+    assert np.array_equal(a, train.draw_offsets(1337, 0, 5, (4, 3), 1000))
+    assert not np.array_equal(a, train.draw_offsets(1337, 0, 6, (4, 3), 1000))
+    assert not np.array_equal(a, train.draw_offsets(1, 0, 5, (4, 3), 1000))
+    assert not np.array_equal(a, train.draw_offsets(1337, 1, 5, (4, 3), 1000))  # eval batches are others
+    assert a.min() >= 0 and a.max() < 1000
+
+
+def test_learning_rate_warms_up_then_decays_to_min_lr():
+    cfg = SimpleNamespace(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, lr_decay_iters=110, decay_lr=True)
+    lrs = [train.get_lr(it, cfg) for it in range(130)]
+    assert lrs[0] == pytest.approx(1e-3 / 11) and lrs[9] == pytest.approx(1e-3 * 10 / 11)
+    assert lrs[10] == pytest.approx(1e-3) and lrs[60] == pytest.approx(5.5e-4)  # half-way down the cosine
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[110] == lrs[129] == pytest.approx(1e-4)
+    assert train.get_lr(50, SimpleNamespace(**{**vars(cfg), 'decay_lr': False})) == 1e-3
+
+
+def test_weight_decay_on_2d_weights_only_and_the_tied_matrix_once():
+    model = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=2, n_head=2, n_embd=16))
+    cfg = SimpleNamespace(weight_decay=0.1, learning_rate=1e-3, beta1=0.9, beta2=0.95)
+    decay, no_decay = train.configure_optimizer(model, cfg, torch.device('cpu')).param_groups
+    assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0 and decay['betas'] == (0.9, 0.95)
+    assert all(p.dim() == 2 for p in decay['params']) and all(p.dim() == 1 for p in no_decay['params'])
+    assert sum(p is model.lm_head.weight for p in decay['params']) == 1
+    assert len(decay['params']) + len(no_decay['params']) == len(list(model.parameters()))
+
+
+def test_flops_per_token_counts_attention_and_the_window():
+    gpt2 = GPTConfig(vocab_size=50257)
+    n = 124_439_808 - 1024 * 768  # GPT-2 124M without wpe
+    attention = 12 * 12 * 12 * 64 * 1024
+    assert train.flops_per_token(gpt2, n) == 6 * n + attention
+    swa = GPTConfig(vocab_size=50257, swa=True, window_size=256)
+    assert train.flops_per_token(swa, n) == 6 * n + attention // 4
+
+
+def test_grad_sync_reduces_on_the_last_micro_step_only(tmp_path):
+    """DDP's comm hook runs, and FSDP2 hands out reduced (sharded) gradients, only when sync is True."""
+    dist.init_process_group('gloo', init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        config = GPTConfig(block_size=8, vocab_size=16, n_layer=2, n_head=2, n_embd=16)
+        x = torch.randint(0, 16, (2, 8))
+        ddp, reductions = DDP(GPT(config)), []
+
+        def counting_hook(state, bucket):
+            reductions.append(bucket.index())
+            future = torch.futures.Future()
+            future.set_result(bucket.buffer())
+            return future
+
+        ddp.register_comm_hook(None, counting_hook)
+        fsdp = GPT(config)
+        for block in fsdp.transformer.h:
+            fully_shard(block)
+        fully_shard(fsdp)
+        for micro_step in range(3):
+            last = micro_step == 2
+            for model in (ddp, fsdp):
+                with train.grad_sync(model, last):
+                    model(x, x)[1].backward()
+            assert bool(reductions) == last
+            assert (fsdp.lm_head.weight.grad is not None) == last
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_failed_save_leaves_the_checkpoint_whole(data_dir, tmp_path, monkeypatch):
+    run_train(data_dir, tmp_path, '--max_iters=2', '--eval_interval=2')
+    good = (tmp_path / 'ckpt.pt').read_bytes()
+
+    def save_half_then_fail(obj, f):
+        f.write(b'half a checkpoint')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(train.torch, 'save', save_half_then_fail)
+    with pytest.raises(OSError, match='disk full'):
+        run_train(data_dir, tmp_path, '--max_iters=4', '--eval_interval=2', '--init_from=resume')
+    assert (tmp_path / 'ckpt.pt').read_bytes() == good
