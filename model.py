@@ -1,5 +1,5 @@
 """
-GPT-2 in one file: the model, its KV cache and generation.
+GPT-2 in one file: the model, then its KV cache and generation.
 
 With every switch in GPTConfig off this is exactly OpenAI's GPT-2 (pre-LayerNorm blocks, LayerNorm eps
 1e-5, tanh-GELU MLP, learned absolute positions, tied input/output embeddings). Three switches change it,
@@ -8,12 +8,12 @@ each visible at one place in the code:
   the learned position table wpe, which then does not exist. Seen where positions enter (GPT.forward) and
   where q and k are made (CausalSelfAttention.forward).
 - gqa: grouped-query attention. n_kv_head key/value heads; query head h reads key/value head
-  h // (n_head // n_kv_head). The KV cache holds n_kv_head heads only. Seen where k and v are made.
+  h // (n_head // n_kv_head). The KV cache holds n_kv_head heads only. Seen where c_attn's output is split.
 - swa: sliding-window attention. The query at position i sees keys j with i - window_size < j <= i, and
-  the KV cache becomes a rolling buffer of window_size slots. Seen where the mask is built.
+  the KV cache becomes a rolling buffer of window_size slots. Seen where the mask is built (GPT.forward).
 
 Shapes: B batch, T time (sequence length), C n_embd, V vocab_size, nh n_head, nkv key/value heads
-(n_kv_head under gqa, else n_head), hd head size = C // nh, L n_layer.
+(n_kv_head under gqa, else n_head), hd head size = C // nh, L n_layer, S the cache's slots.
 """
 
 import math
@@ -45,25 +45,18 @@ class GPTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if self.gqa and self.n_head % self.n_kv_head:
-            raise ValueError(f"with gqa, n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}")
-        if self.rope and self.head_size % 2:
-            raise ValueError(f"with rope the head size must be even, "
-                             f"got n_embd={self.n_embd} // n_head={self.n_head} = {self.head_size}")
-        if self.rope and not self.rope_theta > 0:
-            raise ValueError(f"rope_theta={self.rope_theta} must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-
-    @property
-    def head_size(self):
-        return self.n_embd // self.n_head
-
-    @property
-    def kv_heads(self):
-        return self.n_kv_head if self.gqa else self.n_head
+        problems = [
+            (self.n_embd % self.n_head, f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}"),
+            (self.gqa and self.n_head % self.n_kv_head,
+             f"with gqa, n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}"),
+            (self.rope and (self.n_embd // self.n_head) % 2, f"with rope the head size must be even, got "
+             f"n_embd={self.n_embd} // n_head={self.n_head} = {self.n_embd // self.n_head}"),
+            (self.rope and not self.rope_theta > 0, f"rope_theta={self.rope_theta} must be positive"),
+            (not 0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)"),
+        ]
+        for wrong, message in problems:
+            if wrong:
+                raise ValueError(message)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -93,69 +86,6 @@ def attention_mask(q_pos, k_pos, window_size=None):
 
 
 # ----------------------------------------------------------------------------------------------------
-# The KV cache
-
-class KVCache(nn.Module):
-    """
-    Keys and values of the tokens generated so far, preallocated for every layer: (L, B, nkv, S, hd).
-    Keys are stored after RoPE, so each carries its own position and the order of slots does not matter.
-
-    Without SWA, S = block_size and slot t holds position t: no growing torch.cat, no allocation per step.
-    With SWA, S = window_size: a rolling buffer where slot t % window_size holds position t (as in
-    Mistral). Memory is bounded by the window, and under RoPE positions may run on past block_size.
-
-    Attention calls update(layer, k, v) with the new tokens' keys and values and attends over what it
-    returns; GPT.forward calls advance(T) after the last layer.
-    """
-
-    def __init__(self, config, batch_size, device, dtype):
-        super().__init__()
-        self.rolling = config.swa
-        size = config.window_size if config.swa else config.block_size
-        shape = (config.n_layer, batch_size, config.kv_heads, size, config.head_size)
-        self.register_buffer("k", torch.empty(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.empty(shape, device=device, dtype=dtype), persistent=False)
-        self.pos = 0  # tokens seen so far: the next token's position
-
-    @property
-    def size(self):
-        return self.k.size(3)
-
-    def key_positions(self, T):
-        """Positions of the keys that update() returns for T new tokens (not needed when T == 1)."""
-        if not self.rolling:
-            return torch.arange(self.pos + T, device=self.k.device)
-        n_prev = min(self.pos, self.size - 1)  # the most any new query can see of the past
-        return torch.arange(self.pos - n_prev, self.pos + T, device=self.k.device)
-
-    def update(self, layer, k, v):
-        """Store k, v (B, nkv, T, hd) of the next T positions; return the keys and values to attend over."""
-        T, start = k.size(2), self.pos
-        ks, vs = self.k[layer], self.v[layer]
-        if not self.rolling:
-            ks[:, :, start:start + T] = k
-            vs[:, :, start:start + T] = v
-            return ks[:, :, :start + T], vs[:, :, :start + T]
-        if T == 1:  # decoding: overwrite the oldest slot; every slot left is inside the window
-            ks[:, :, start % self.size] = k[:, :, 0]
-            vs[:, :, start % self.size] = v[:, :, 0]
-            n = min(start + 1, self.size)
-            return ks[:, :, :n], vs[:, :, :n]
-        # several tokens at once: the window's past in position order, then the new ones (see key_positions)
-        past = torch.arange(start - min(start, self.size - 1), start, device=k.device) % self.size
-        k_all = torch.cat((ks.index_select(2, past), k), dim=2)
-        v_all = torch.cat((vs.index_select(2, past), v), dim=2)
-        keep = min(T, self.size)
-        slots = torch.arange(start + T - keep, start + T, device=k.device) % self.size
-        ks.index_copy_(2, slots, k[:, :, -keep:])
-        vs.index_copy_(2, slots, v[:, :, -keep:])
-        return k_all, v_all
-
-    def advance(self, T):
-        self.pos += T
-
-
-# ----------------------------------------------------------------------------------------------------
 # The model
 
 class CausalSelfAttention(nn.Module):
@@ -163,29 +93,30 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
         self.layer = layer  # index into the KV cache
-        self.n_head, self.n_kv_head, self.head_size = config.n_head, config.kv_heads, config.head_size
+        self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head if config.gqa else config.n_head  # GQA: fewer key/value heads
+        self.head_size = config.n_embd // config.n_head
         # one fused projection: [q: nh*hd | k: nkv*hd | v: nkv*hd]; without gqa exactly GPT-2's c_attn
         self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_size, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope, mask, cache):
+    def forward(self, x, cos_sin, mask, cache):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split([self.n_head * self.head_size, self.n_kv_head * self.head_size,
-                                        self.n_kv_head * self.head_size], dim=2)
-        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)     # (B, nh, T, hd)
-        k = k.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, nkv, T, hd)
-        v = v.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, nkv, T, hd)
-        if rope is not None:  # RoPE: positions enter here, as rotations of q and k
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        hd = self.head_size
+        q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=2)
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)     # (B, nh, T, hd)
+        k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        if cos_sin is not None:  # RoPE: positions enter here, as rotations of q and k
+            q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
         if cache is not None:
-            k, v = cache.update(self.layer, k, v)                         # (B, nkv, Tk, hd)
-        # mask None means plain causal attention, which picks the flash kernels on CUDA; a single new token
-        # against the cache sees every key the cache returns. Under GQA, query head h reads kv head
-        # h // (nh // nkv) (enable_gqa).
+            k, v = cache.update(self.layer, k, v)             # (B, nkv, Tk, hd): the keys this step sees
+        # mask None is plain causal attention (the flash kernels on CUDA), or one new token that sees every key
+        # the cache returns. Under GQA query head h reads kv head h // (nh // nkv): enable_gqa, no copies.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=mask is None and cache is None,
+                                           is_causal=mask is None and T > 1,
                                            enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -212,8 +143,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, mask, cache):
-        x = x + self.attn(self.ln_1(x), rope, mask, cache)
+    def forward(self, x, cos_sin, mask, cache):
+        x = x + self.attn(self.ln_1(x), cos_sin, mask, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -249,34 +180,29 @@ class GPT(nn.Module):
         cache: a KVCache that idx continues (generation). last_only: logits of the last position only,
         (B, 1, V), all that generation needs.
         """
+        cfg = self.config
         check_token_ids(idx)
         B, T = idx.size()
-        cfg = self.config
-        if T > cfg.block_size:
-            raise ValueError(f"sequence length T={T} exceeds block_size={cfg.block_size}: crop the input")
         start = 0 if cache is None else cache.pos
-        if not cfg.rope and start + T > cfg.block_size:
-            raise ValueError(f"position {start + T - 1} is past the learned positions (block_size={cfg.block_size})")
+        if T > cfg.block_size or not cfg.rope and start + T > cfg.block_size:
+            raise ValueError(f"sequence length T={T} from position {start} exceeds block_size={cfg.block_size}: "
+                             f"crop the input")
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
 
         # positions enter: added as learned vectors, or (RoPE) as rotations inside attention
         x = self.transformer.wte(idx)                            # (B, T, C)
-        rope = None
+        cos_sin = None
         if cfg.rope:
-            rope = tuple(t.to(x.dtype) for t in rope_cos_sin(pos, cfg.head_size, cfg.rope_theta))
+            cos_sin = tuple(t.to(x.dtype) for t in rope_cos_sin(pos, cfg.n_embd // cfg.n_head, cfg.rope_theta))
         else:
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
 
-        # the mask: None is plain causal (or one new token, which sees all it is given)
-        mask = None
-        if cache is not None and T > 1:
-            mask = attention_mask(pos, cache.key_positions(T), cfg.window_size if cfg.swa else None)
-        elif cache is None and cfg.swa:
-            mask = attention_mask(pos, pos, cfg.window_size)
+        # the mask: None is plain causal; SWA hides keys window_size or more positions back
+        mask = attention_mask(pos, pos, cfg.window_size) if cfg.swa and T > 1 else None
 
         for block in self.transformer.h:
-            x = block(x, rope, mask, cache)
+            x = block(x, cos_sin, mask, cache)
         if cache is not None:
             cache.advance(T)
         if last_only:
@@ -288,7 +214,7 @@ class GPT(nn.Module):
         return logits, loss
 
     # ------------------------------------------------------------------------------------------------
-    # Generation
+    # Generation (the KV cache and the sampling functions follow the class)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True, generator=None):
@@ -307,10 +233,10 @@ class GPT(nn.Module):
         Like generate, but yields each new token (B, 1) as soon as it is chosen (for streaming).
 
         Without the cache every step runs the last block_size tokens. With it the prompt is encoded once
-        and each new token costs one position. Past block_size, generation without the cache sees only the
-        last block_size tokens, renumbered from position 0; to give the same tokens, the cache is rebuilt
-        from them at every step. Only SWA under RoPE runs on: its rolling cache keeps the last window_size
-        positions, which go on counting past block_size (as in Mistral).
+        (prefill) and each new token costs one position (decode). Past block_size, generation without the
+        cache sees only the last block_size tokens, renumbered from position 0; to give the same tokens, the
+        cache is rebuilt from them at every step. Only SWA under RoPE runs on: its rolling cache keeps the
+        last window_size positions, which go on counting past block_size (as in Mistral).
         """
         check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
         cfg = self.config
@@ -329,41 +255,52 @@ class GPT(nn.Module):
             yield next_token
 
 
-def column_major_weights_(model):
+# ----------------------------------------------------------------------------------------------------
+# The KV cache
+
+class KVCache(nn.Module):
     """
-    Store every Linear weight transposed in memory: same shape, values and names, the layout of GPT-2's
-    original Conv1D. Decoding one token at a time is a matrix-vector product bound by memory bandwidth, and
-    on the CPUs we measured MKL reads a column-major W in x @ W.T up to 1.7x faster (bench.py: 31 -> 41
-    tokens/s for GPT-2 124M in fp32). For generation on a CPU; training keeps the usual layout.
+    Keys and values of the tokens seen so far, preallocated for every layer: (L, B, nkv, S, hd). It takes a
+    prompt once (prefill, into the empty cache), then one token at a time (decode). Keys are stored after
+    RoPE, so each carries its own position and the order of the slots does not matter to attention.
+
+    Without SWA, S = block_size and slot t holds position t: no growing torch.cat, no allocation per step.
+    With SWA, S = window_size: a rolling buffer where slot t % window_size holds position t (as in
+    Mistral). Memory is bounded by the window, and under RoPE positions may run on past block_size.
     """
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear):  # lm_head's weight is wte's too, so both follow
-                module.weight.data = module.weight.data.t().contiguous().t()
-    return model
+
+    def __init__(self, config, batch_size, device, dtype):
+        super().__init__()
+        slots = config.window_size if config.swa else config.block_size
+        n_kv_head = config.n_kv_head if config.gqa else config.n_head
+        shape = (config.n_layer, batch_size, n_kv_head, slots, config.n_embd // config.n_head)
+        self.register_buffer("k", torch.empty(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.empty(shape, device=device, dtype=dtype), persistent=False)
+        self.pos = 0  # tokens seen so far: the next token's position
+
+    def update(self, layer, k, v):
+        """Store k, v (B, nkv, T, hd) of the next T positions; return the keys and values they attend over."""
+        T, S, ks, vs = k.size(2), self.k.size(3), self.k[layer], self.v[layer]
+        if T > 1:  # prefill: the prompt attends to itself; its last S positions stay for decoding
+            if self.pos:
+                raise ValueError("the KV cache takes a prompt once, then one token at a time")
+            keep = min(T, S)
+            slots = torch.arange(T - keep, T, device=k.device) % S
+            ks.index_copy_(2, slots, k[:, :, -keep:])
+            vs.index_copy_(2, slots, v[:, :, -keep:])
+            return k, v
+        # decode: position pos goes to slot pos % S (the oldest slot, under SWA); every filled slot is in reach
+        ks[:, :, self.pos % S] = k[:, :, 0]
+        vs[:, :, self.pos % S] = v[:, :, 0]
+        n = min(self.pos + 1, S)
+        return ks[:, :, :n], vs[:, :, :n]
+
+    def advance(self, T):
+        self.pos += T
 
 
-def check_token_ids(idx):
-    integer = isinstance(idx, torch.Tensor) and not (idx.dtype.is_floating_point or idx.dtype.is_complex
-                                                     or idx.dtype == torch.bool)
-    if not integer or idx.dim() != 2:
-        raise ValueError(f"idx must be a (B, T) tensor of integer token ids, got {type(idx).__name__} "
-                         f"{getattr(idx, 'dtype', '')} of shape {tuple(getattr(idx, 'shape', ()))}")
-
-
-def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
-    check_token_ids(idx)
-    if idx.numel() == 0:
-        raise ValueError(f"the prompt is empty (idx has shape {tuple(idx.shape)}): give at least one token")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a non-negative integer")
-    if not temperature >= 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 is greedy)")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k={top_k!r} must be a positive integer or None")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} must be in (0, 1]")
-
+# ----------------------------------------------------------------------------------------------------
+# Sampling, and the checks at generation's door
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """The next token (B, 1) from the last position's logits (B, V)."""
@@ -381,3 +318,46 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         logits = torch.full_like(logits, -float("inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def generate_args_problem(max_new_tokens, temperature, top_k, top_p):
+    """What is wrong with these generation arguments, or None (sample.py checks its options with this too)."""
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
+        return f"max_new_tokens={max_new_tokens!r} must be a non-negative integer"
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        return f"temperature={temperature!r} must be >= 0 (0 is greedy)"
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
+        return f"top_k={top_k!r} must be a positive integer or None"
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        return f"top_p={top_p!r} must be in (0, 1], or None"
+    return None
+
+
+def check_token_ids(idx):
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.is_floating_point() or idx.dtype == torch.bool:
+        raise ValueError(f"idx must be a (B, T) tensor of integer token ids, got {getattr(idx, 'dtype', type(idx))} "
+                         f"of shape {tuple(getattr(idx, 'shape', ()))}")
+
+
+def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
+    check_token_ids(idx)
+    if idx.numel() == 0:
+        raise ValueError(f"the prompt is empty (idx has shape {tuple(idx.shape)}): give at least one token")
+    problem = generate_args_problem(max_new_tokens, temperature, top_k, top_p)
+    if problem:
+        raise ValueError(problem)
+
+
+def column_major_weights_(model):
+    """
+    Store every Linear weight transposed in memory: same shape, values and names, the layout of GPT-2's
+    original Conv1D. Decoding one token at a time is a matrix-vector product bound by memory bandwidth, and
+    on the CPUs we measured MKL reads a column-major W in x @ W.T up to 1.7x faster (bench.py: 31 -> 41
+    tokens/s for GPT-2 124M in fp32). For generation on a CPU; training keeps the usual layout.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):  # lm_head's weight is wte's too, so both follow
+                module.weight.data = module.weight.data.t().contiguous().t()
+    return model

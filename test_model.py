@@ -270,20 +270,24 @@ def test_cache_past_block_size(rope, gqa, swa):
 
 
 @pytest.mark.parametrize("rope,gqa,swa", SWITCHES)
-def test_cache_in_chunks_equals_one_forward(rope, gqa, swa):
-    """Feeding a sequence through the cache in uneven chunks gives the logits of one plain forward."""
+def test_cache_prefill_then_decode_equals_one_forward(rope, gqa, swa):
+    """A prompt through the cache, then one token at a time, gives the logits of one plain forward."""
     config = tiny_config(rope, gqa, swa)
     model = perturbed_model(config)
     idx = torch.randint(97, (2, 30))
     expected, _ = model(idx)
     cache = KVCache(config, 2, "cpu", torch.float32)
     chunks, start = [], 0
-    for size in [5, 1, 1, 8, 1, 3, 7, 1, 3]:
+    for size in [12] + [1] * 18:
         logits, _ = model(idx[:, start:start + size], cache=cache)
         chunks.append(logits)
         start += size
     assert start == 30 and cache.pos == 30
     torch.testing.assert_close(torch.cat(chunks, dim=1), expected, atol=1e-5, rtol=1e-5)
+    cache = KVCache(config, 2, "cpu", torch.float32)
+    model(idx[:, :5], cache=cache)
+    with pytest.raises(ValueError, match="prompt once"):
+        model(idx[:, 5:8], cache=cache)
 
 
 def test_cache_memory_holds_kv_heads_and_window_only():
