@@ -15,7 +15,7 @@ from dataclasses import asdict, fields
 
 import torch
 
-from configurator import ConfigError, auto_device, exit_with_error, load_config
+from configurator import DTYPES, UserError, exit_with_error, load_config, pick_device
 from model import GPT, GPTConfig, column_major_weights_
 
 DEFAULTS = dict(
@@ -49,9 +49,9 @@ def bench_hf_generation(model, prompt, new_tokens, use_cache, device):
     c = model.config
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
                                     n_layer=c.n_layer, n_head=c.n_head)).to(device).eval()
-    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    from load_gpt2 import CONV1D_WEIGHTS
     ours = model.state_dict()
-    hf.load_state_dict({k: (ours[k].t() if k.endswith(conv1d) else ours[k]).contiguous()
+    hf.load_state_dict({k: (ours[k].t() if k.endswith(CONV1D_WEIGHTS) else ours[k]).contiguous()
                         for k in hf.state_dict() if k in ours}, strict=False)
     args = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=use_cache,
                 pad_token_id=0, attention_mask=torch.ones_like(prompt))
@@ -84,12 +84,12 @@ def main():
     try:
         cfg = load_config(DEFAULTS)
         config = GPTConfig(**{f.name: cfg[f.name] for f in fields(GPTConfig)})
-    except (ConfigError, ValueError) as e:
+        device = str(pick_device(cfg["device"]))
+    except (UserError, ValueError) as e:
         exit_with_error(str(e))
-    device = auto_device() if cfg["device"] == "auto" else cfg["device"]
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg["dtype"])
+    dtype = DTYPES.get(cfg["dtype"])
     if dtype is None:
-        exit_with_error(f"dtype={cfg['dtype']!r} must be float32, bfloat16 or float16")
+        exit_with_error(f"dtype={cfg['dtype']!r} must be {', '.join(DTYPES)}")
     if cfg["prompt_len"] + cfg["max_new_tokens"] > config.block_size:
         exit_with_error(f"prompt_len + max_new_tokens = {cfg['prompt_len'] + cfg['max_new_tokens']} must fit "
                         f"in block_size={config.block_size}")

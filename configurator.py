@@ -1,5 +1,6 @@
 """
-The one config mechanism shared by train.py and sample.py.
+The one config mechanism shared by every script (train.py, sample.py, bench.py, load_gpt2.py), with the two
+things they all do next: tell a person about a mistake, and pick the device and dtype.
 
 A script keeps its defaults as plain names in a dict; the command line can name config files and
 `--key=value` overrides, applied left to right:
@@ -11,8 +12,9 @@ config file cannot run code. Values are Python literals; a bare word that is no 
 (`--init_from=gpt2`). Every value is type-checked against its default: an int is fine for a float, a
 default of None accepts anything.
 
-Mistakes raise ConfigError with one line that names the key, the value and the fix; scripts print it
-and exit 1 (see `exit_with_error`).
+Mistakes raise ConfigError with one line that names the key, the value and the fix. Every mistake a
+person can fix is a UserError (ConfigError, and load_gpt2's LoadError and DownloadError): scripts print it
+as one line and exit 1 (`exit_with_error`), never as a traceback.
 """
 
 import ast
@@ -20,8 +22,14 @@ import difflib
 import os
 import sys
 
+import torch
 
-class ConfigError(ValueError):
+
+class UserError(Exception):
+    """A mistake a person can fix: its message is one line that names the value and the fix."""
+
+
+class ConfigError(UserError, ValueError):
     pass
 
 
@@ -104,19 +112,34 @@ def print_help(defaults):
         print(f"  --{key}={value!r}")
 
 
-def auto_device():
-    """'cuda', then 'mps', then 'cpu': the best device this machine has."""
-    import torch
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def auto_dtype(device):
-    """bfloat16 on a CUDA device that supports it, else float32."""
-    import torch
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return "bfloat16"
-    return "float32"
+def pick_device(name):
+    """The torch.device for name: 'auto' is cuda, then mps, then cpu; one this machine lacks is a ConfigError."""
+    has = {"cpu": True, "cuda": torch.cuda.is_available(),
+           "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if name == "auto":
+        name = "cuda" if has["cuda"] else "mps" if has["mps"] else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={name!r} is no device: use auto, cpu, cuda, cuda:1 or mps") from None
+    if device.type not in has:
+        raise ConfigError(f"device={name!r} is not supported: use auto, cpu, cuda, cuda:1 or mps")
+    if not has[device.type] or device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} is not available on this machine: use --device=auto (or cpu)")
+    return device
+
+
+def pick_dtype(name, device):
+    """The dtype name for device: 'auto' is bfloat16 on a CUDA device that supports it, else float32."""
+    if name == "auto":
+        return "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if name not in DTYPES:
+        raise ConfigError(f"dtype={name!r} must be auto, {', '.join(DTYPES)}")
+    if name == "float16" and device.type == "cpu":
+        raise ConfigError("dtype=float16 on a CPU is about 50x slower than float32: use float32 or bfloat16")
+    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU does not support bfloat16: use dtype=float16")
+    return name

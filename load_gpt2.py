@@ -6,13 +6,9 @@ OpenAI's GPT-2 weights, as Hugging Face publishes them in safetensors, loaded in
     model = load_gpt2("path/to/dir", gqa=True, n_kv_head=4)   # a save_pretrained dir or a .safetensors file
 
     python load_gpt2.py gpt2                           # fetch, verify, print a summary
-    python load_gpt2.py gpt2 --out out-gpt2/ckpt.pt    # a checkpoint train.py resumes and sample.py reads
+    python load_gpt2.py gpt2 --out=out-gpt2            # out-gpt2/ckpt.pt: train.py resumes it, sample.py reads it
 
 Top to bottom:
-- Downloads: `openai-community/<name>` from $HF_ENDPOINT (default https://huggingface.co) into the
-  Hugging Face hub cache ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub), where a file
-  already there is used as it is. Streamed with a progress line, resumed from a partial file with an HTTP
-  Range request, checked for size and sha256, then renamed into place.
 - read_safetensors: the format read by hand (8-byte little-endian header length, JSON header, raw data),
   memory-mapped: no pickle runs, and even gpt2-xl is held once in RAM (in the model), not several times.
 - gpt2_state_dict: Hugging Face's names to model.GPT's. Two layouts exist: transformers' save_pretrained
@@ -21,199 +17,45 @@ Top to bottom:
   wte. GPT-2's Conv1D keeps its weight as (in, out), nn.Linear as (out, in), so those are transposed.
 - apply_overrides: dropout, an inference-time sliding window, GQA made by mean-pooling key/value heads,
   a shorter block_size.
+- fetch: `openai-community/<name>` from the Hugging Face hub into its cache (download.py: resumed, verified).
 """
 
-import argparse
 import dataclasses
-import glob
-import hashlib
 import json
 import math
 import mmap
 import os
 import re
 import sys
-import time
 
 import requests
 import torch
 
+from checkpoint import save_checkpoint
+from configurator import UserError, exit_with_error, load_config
+from download import DownloadError, check_file, download, find_cached, remote_info, repo_dir, short
 from model import GPT, GPTConfig
 
 NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-# (size in bytes, sha256) of openai-community/<name>/model.safetensors where established; the others are
-# checked against what the server announces (size, and the sha256 the hub sends as X-Linked-Etag).
-PINNED = {"gpt2": (548_105_171, "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707")}
 HEAD_SIZE = 64  # every GPT-2 size has 64-wide heads: n_head = n_embd // 64 when no config.json says
-TIMEOUT = 30    # seconds without a byte before a connection counts as lost
-CHUNK = 1 << 16 # bytes per read and write; a lost connection loses at most the chunk in flight
 
 
-class LoadError(ValueError):
+class LoadError(UserError, ValueError):
     """A checkpoint that cannot be loaded, or an override that cannot be applied."""
 
 
-class DownloadError(OSError):
-    """A download that failed; the message says why and what to do."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# The Hugging Face hub cache and downloads
-
-def hub_cache_dir():
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(os.environ.get("HF_HOME") or os.path.join(cache, "huggingface"), "hub")
-
-
-def repo_dir(name):
-    return os.path.join(hub_cache_dir(), f"models--openai-community--{name}")
-
-
-def find_cached(name, filename):
-    """filename from a cached snapshot of openai-community/<name> (refs/main's first), or None."""
-    for repo in (repo_dir(name), os.path.join(hub_cache_dir(), f"models--{name}")):  # the 2nd: before the hub's rename
-        snapshots = sorted(glob.glob(os.path.join(repo, "snapshots", "*")))
-        try:
-            with open(os.path.join(repo, "refs", "main")) as f:
-                main = os.path.join(repo, "snapshots", f.read().strip())
-            snapshots.sort(key=lambda s: s != main)
-        except OSError:
-            pass
-        for snapshot in snapshots:
-            if os.path.isfile(os.path.join(snapshot, filename)):
-                return os.path.join(snapshot, filename)
-    return None
-
-
-def fetch(name):
-    """The path of openai-community/<name>'s model.safetensors in the hub cache, downloading it (then its
-    config.json) when it is not there yet. A file placed by hand needs no config.json beside it."""
-    cached = find_cached(name, "model.safetensors")
-    if cached:
-        return cached
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    url = f"{endpoint}/openai-community/{name}/resolve/main/model.safetensors"
-    by_hand = os.path.join(repo_dir(name), "snapshots", "main", "model.safetensors")
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    try:
-        if offline:
-            raise requests.ConnectionError("HF_HUB_OFFLINE is set")
-        commit, size, sha256 = remote_info(url)
-    except requests.RequestException as e:
-        raise DownloadError(f"cannot download {url} ({short(e)}); with no network, fetch that file elsewhere "
-                            f"and place it at {by_hand}") from None
-    snapshot = os.path.join(repo_dir(name), "snapshots", commit)
-    size, sha256 = PINNED.get(name, (size, sha256))
-    path = download(url, os.path.join(snapshot, "model.safetensors"), size, sha256)
-    download(url.replace("model.safetensors", "config.json"), os.path.join(snapshot, "config.json"))
-    os.makedirs(os.path.join(repo_dir(name), "refs"), exist_ok=True)
-    with open(os.path.join(repo_dir(name), "refs", "main"), "w") as f:  # as huggingface_hub leaves it
-        f.write(commit)
-    return path
-
-
-def remote_info(url):
-    """(commit, size, sha256) that the hub announces for url; size and sha256 may be None. The hub answers
-    a file stored in LFS with a redirect that carries them as X-Linked-Size and X-Linked-Etag."""
-    r = requests.head(url, allow_redirects=False, timeout=TIMEOUT, headers={"Accept-Encoding": "identity"})
-    if r.status_code >= 400:
-        raise DownloadError(f"{url}: HTTP {r.status_code} {r.reason}")
-    size = r.headers.get("X-Linked-Size") or (r.headers.get("Content-Length") if r.status_code == 200 else None)
-    etag = (r.headers.get("X-Linked-Etag") or r.headers.get("ETag") or "").removeprefix("W/").strip('"')
-    commit = r.headers.get("X-Repo-Commit", "")
-    return (commit if re.fullmatch(r"[0-9A-Za-z._-]+", commit) else "main", int(size) if size else None,
-            etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None)  # a git sha1 etag (40 hex) is no sha256
-
-
-def download(url, dest, size=None, sha256=None, attempts=3):
-    """Stream url to dest through dest + '.incomplete', resuming that partial file when it exists (also
-    after a connection lost mid-way, up to `attempts` times). The size (the server's, when not given) and
-    sha256 are checked before the rename into place; a failed check deletes the partial file."""
-    part = dest + ".incomplete"
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    for attempt in range(1, attempts + 1):
-        try:
-            size = stream_to(url, part, size)
-            break
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
-            have = os.path.getsize(part) if os.path.exists(part) else 0
-            if attempt == attempts:
-                raise DownloadError(f"downloading {url} failed ({short(e)}); {have:,} bytes are kept in {part}: "
-                                    f"run again to resume") from None
-            print(f"\nconnection lost ({short(e)}); resuming from byte {have:,}", file=sys.stderr)
-    problem = check_file(part, size, sha256)
-    if problem:
-        os.remove(part)
-        raise DownloadError(f"{url} failed its check ({problem}); deleted the partial file {part}, "
-                            f"run again to download it afresh")
-    os.replace(part, dest)
-    return dest
-
-
-def stream_to(url, part, size):
-    """Append url's bytes to the partial file part (from its current length on); returns the file's full
-    size: the one given, else the one the server announces (None if it does not)."""
-    have = os.path.getsize(part) if os.path.exists(part) else 0
-    headers = {"Accept-Encoding": "identity"}  # a gzipped body would not match the announced size
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    with requests.get(url, headers=headers, stream=True, timeout=TIMEOUT) as r:
-        if r.status_code == 416:
-            return size  # nothing left past `have`: the partial file is whole (check_file decides)
-        if r.status_code >= 400:
-            raise DownloadError(f"{url}: HTTP {r.status_code} {r.reason}")
-        if r.status_code != 206:
-            have = 0  # the server ignored the Range: start over
-        total = size or announced_size(r)
-        name, done, shown, start = os.path.basename(part).removesuffix(".incomplete"), have, None, time.time()
-        with open(part, "ab" if have else "wb") as f:
-            for chunk in r.iter_content(chunk_size=CHUNK):
-                f.write(chunk)
-                done += len(chunk)
-                step = 100 * done // total if total else done >> 20  # redraw once per percent (or MB)
-                if step != shown:
-                    shown = step
-                    show_progress(name, done, total, (done - have) / max(time.time() - start, 1e-6))
-        print(file=sys.stderr)  # end the progress line
-    return total
-
-
-def announced_size(r):
-    content_range = r.headers.get("Content-Range", "")  # "bytes 100-199/200" answers a Range request
-    if r.status_code == 206 and content_range.rpartition("/")[2].isdigit():
-        return int(content_range.rpartition("/")[2])
-    if r.status_code == 200 and r.headers.get("Content-Length", "").isdigit():
-        return int(r.headers["Content-Length"])
-    return None
-
-
-def show_progress(name, done, total, speed):
-    percent = f"{100 * done / total:5.1f}% " if total else ""
-    size = f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB" if total else f"{done / 1e6:,.1f} MB"
-    print(f"\rdownloading {name}: {percent}{size} at {speed / 1e6:.1f} MB/s", end="", file=sys.stderr, flush=True)
-
-
-def check_file(path, size, sha256):
-    """What is wrong with the downloaded file, or None."""
-    have = os.path.getsize(path)
-    if size is not None and have != size:
-        return f"{have:,} bytes where {size:,} were expected"
-    if sha256:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-        if digest.hexdigest() != sha256:
-            return f"sha256 {digest.hexdigest()} where {sha256} was expected"
-    return None
-
-
-def short(error):
-    """An exception as one short line (requests nests them deeply)."""
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return text if len(text) < 200 else text[:200] + "..."
+def load_gpt2(name_or_path, **overrides):
+    """
+    GPT with OpenAI's GPT-2 weights. name_or_path: gpt2, gpt2-medium, gpt2-large or gpt2-xl (fetched from
+    the hub, or taken from its cache), a directory in Hugging Face's format, or a .safetensors file (its
+    configuration from config.json beside it, else from the tensors' shapes). overrides: dropout,
+    swa/window_size, gqa/n_kv_head, block_size (see apply_overrides). Raises LoadError or DownloadError.
+    """
+    path = fetch(name_or_path) if name_or_path in NAMES else name_or_path
+    tensors, hf_config = read_hf_weights(path)
+    sd = gpt2_state_dict(tensors, path)
+    sd, config = apply_overrides(sd, gpt2_config(sd, hf_config, path), overrides, source="GPT-2")
+    return gpt_from_state_dict(sd, config, path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -263,7 +105,7 @@ def read_safetensors(path):
     return tensors
 
 
-def read_checkpoint(path):
+def read_hf_weights(path):
     """(tensors, config.json as a dict or {}) of a Hugging Face-format directory or .safetensors file."""
     if os.path.isdir(path):
         index = os.path.join(path, "model.safetensors.index.json")
@@ -344,10 +186,6 @@ def gpt2_config(sd, hf_config, source):
 
 OVERRIDES = {"dropout": float, "swa": bool, "window_size": int, "gqa": bool, "n_kv_head": int,
              "block_size": int, "rope": bool}
-OVERRIDE_HELP = {"dropout": "dropout for fine-tuning", "swa": "a sliding attention window at inference",
-                 "window_size": "the window of swa", "gqa": "grouped-query attention, k/v heads mean-pooled in groups",
-                 "n_kv_head": "key/value heads under gqa", "block_size": "a shorter context (crops wpe)",
-                 "rope": "refused: GPT-2 learned absolute positions"}
 
 
 def apply_overrides(sd, config, overrides, source="the checkpoint"):
@@ -384,7 +222,7 @@ def apply_overrides(sd, config, overrides, source="the checkpoint"):
     if new_config.gqa and not config.gqa:
         sd = dict(sd)
         for key in [k for k in sd if k.endswith(("attn.c_attn.weight", "attn.c_attn.bias"))]:
-            if sd[key].shape[:1] == (3 * config.n_embd,):  # else build_model reports the wrong shape
+            if sd[key].shape[:1] == (3 * config.n_embd,):  # else gpt_from_state_dict reports the wrong shape
                 sd[key] = pool_kv_heads(sd[key], config.n_head, new_config.n_kv_head)
     return sd, new_config
 
@@ -403,7 +241,7 @@ def pool_kv_heads(c_attn, n_head, n_kv_head):
     return torch.cat((q, pool(k), pool(v)), dim=0)            # ((nh + 2*nkv)*hd, ...)
 
 
-def build_model(sd, config, source):
+def gpt_from_state_dict(sd, config, source):
     """GPT(config) with every parameter filled exactly once from sd (GPT's names, no lm_head: it is wte)."""
     with torch.device("meta"):  # no random init: every weight is overwritten (~25 s for gpt2-xl on 2 cores)
         model = GPT(config)
@@ -430,67 +268,99 @@ def listing(keys, most=12):
     return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
-def load_gpt2(name_or_path, **overrides):
-    """
-    GPT with OpenAI's GPT-2 weights. name_or_path: gpt2, gpt2-medium, gpt2-large or gpt2-xl (fetched from
-    the hub, or taken from its cache), a directory in Hugging Face's format, or a .safetensors file (its
-    configuration from config.json beside it, else from the tensors' shapes). overrides: dropout,
-    swa/window_size, gqa/n_kv_head, block_size (see apply_overrides). Raises LoadError or DownloadError.
-    """
-    path = fetch(name_or_path) if name_or_path in NAMES else name_or_path
-    tensors, hf_config = read_checkpoint(path)
-    sd = gpt2_state_dict(tensors, path)
-    sd, config = apply_overrides(sd, gpt2_config(sd, hf_config, path), overrides, source="GPT-2")
-    return build_model(sd, config, path)
+# ----------------------------------------------------------------------------------------------------
+# Fetching GPT-2 from the Hugging Face hub
+
+# (size in bytes, sha256) of openai-community/<name>/model.safetensors where established; the others are
+# checked against what the server announces (size, and the sha256 the hub sends as X-Linked-Etag).
+PINNED = {"gpt2": (548_105_171, "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707")}
+
+
+def cached_gpt2(name):
+    """The path of <name>'s model.safetensors in the hub cache (also under the hub's older name), or None."""
+    return find_cached([f"openai-community/{name}", name], "model.safetensors")
+
+
+def fetch(name):
+    """The path of openai-community/<name>'s model.safetensors in the hub cache, downloading it (then its
+    config.json) when it is not there yet. A file placed by hand needs no config.json beside it."""
+    cached = cached_gpt2(name)
+    if cached:
+        return cached
+    repo = f"openai-community/{name}"
+    url = f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co').rstrip('/')}/{repo}/resolve/main/model.safetensors"
+    by_hand = os.path.join(repo_dir(repo), "snapshots", "main", "model.safetensors")
+    try:
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            raise requests.ConnectionError("HF_HUB_OFFLINE is set")
+        commit, size, sha256 = remote_info(url)
+    except requests.RequestException as e:
+        raise DownloadError(f"cannot download {url} ({short(e)}); with no network, fetch that file elsewhere "
+                            f"and place it at {by_hand}") from None
+    snapshot = os.path.join(repo_dir(repo), "snapshots", commit)
+    size, sha256 = PINNED.get(name, (size, sha256))
+    path = download(url, os.path.join(snapshot, "model.safetensors"), size, sha256, check=safetensors_problem)
+    download(url.replace("model.safetensors", "config.json"), os.path.join(snapshot, "config.json"), check=json_problem)
+    os.makedirs(os.path.join(repo_dir(repo), "refs"), exist_ok=True)
+    with open(os.path.join(repo_dir(repo), "refs", "main"), "w") as f:  # as huggingface_hub leaves it
+        f.write(commit)
+    return path
+
+
+def safetensors_problem(path):
+    """Why path is no safetensors file (an HTML error page, say), or None: checked before it enters the cache."""
+    try:
+        read_safetensors(path)
+    except LoadError as e:
+        return str(e)
+    return None
+
+
+def json_problem(path):
+    """Why path is no JSON object, or None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        return f"not JSON ({short(e)})"
+    return None if isinstance(config, dict) else "not a JSON object"
 
 
 # ----------------------------------------------------------------------------------------------------
 # Command line
 
-def save_checkpoint(model, path, config):
-    """out_dir/ckpt.pt as train.py writes it (atomically: a crash never leaves half a checkpoint)."""
-    ckpt = {"model": model.state_dict(), "model_args": dataclasses.asdict(model.config), "optimizer": None,
-            "iter_num": 0, "best_val_loss": 1e9, "config": config, "tokenizer": {"name": "gpt2"}}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save(ckpt, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def parse_bool(text):
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"'{text}' is not a boolean (True or False)")
+DEFAULTS = dict(
+    init_from="gpt2",  # gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a Hugging Face-format directory or .safetensors file
+    out="",            # write a checkpoint here: a .pt path, or a directory for DIR/ckpt.pt; '' writes none
+    # changes to GPT-2 (apply_overrides); None keeps GPT-2's
+    dropout=None, swa=None, window_size=None, gqa=None, n_kv_head=None, block_size=None, rope=None,
+)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Fetch and verify OpenAI's GPT-2 weights; optionally write "
-                                                 "a checkpoint that train.py resumes and sample.py reads.")
-    parser.add_argument("name_or_path", help=f"{', '.join(NAMES)}, or a Hugging Face-format directory or .safetensors file")
-    parser.add_argument("--out", help="write a checkpoint here (a .pt path, or a directory for DIR/ckpt.pt)")
-    for key, kind in OVERRIDES.items():
-        parser.add_argument(f"--{key}", type=parse_bool if kind is bool else kind, metavar=kind.__name__.upper(),
-                            help=OVERRIDE_HELP[key])
-    args = parser.parse_args(argv)
-    overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
+    """Fetch and verify OpenAI's GPT-2 weights; optionally write a checkpoint train.py resumes and sample.py reads."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and not argv[0].startswith("-") and not argv[0].endswith(".py"):  # `load_gpt2.py gpt2`: the name first
+        argv[0] = f"--init_from={argv[0]}"
     try:
-        if args.name_or_path in PINNED:  # a file found in the cache is checked too, not only a fresh download
-            path = fetch(args.name_or_path)
-            problem = check_file(path, *PINNED[args.name_or_path])
+        c = load_config(DEFAULTS, argv)
+        name, overrides = c["init_from"], {k: c[k] for k in OVERRIDES if c[k] is not None}
+        if name in PINNED:  # a file found in the cache is checked too, not only a fresh download
+            problem = check_file(fetch(name), *PINNED[name])
             if problem:
-                raise LoadError(f"{path} is not OpenAI's {args.name_or_path} ({problem}): delete it and run again")
-            print(f"{path}: size and sha256 verified")
-        model = load_gpt2(args.name_or_path, **overrides)
-    except (LoadError, DownloadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"{args.name_or_path}: {n_params:,} parameters (lm_head shares wte's)")
+                raise LoadError(f"{cached_gpt2(name)} is not OpenAI's {name} ({problem}): delete it and run again")
+            print(f"{cached_gpt2(name)}: size and sha256 verified")
+        model = load_gpt2(name, **overrides)
+    except UserError as e:
+        exit_with_error(e)
+    print(f"{name}: {sum(p.numel() for p in model.parameters()):,} parameters (lm_head shares wte's)")
     print(model.config)
-    if args.out:
-        out = args.out if args.out.endswith(".pt") else os.path.join(args.out, "ckpt.pt")
-        save_checkpoint(model, out, {"init_from": args.name_or_path, **overrides})
+    if c["out"]:
+        out = c["out"] if c["out"].endswith(".pt") else os.path.join(c["out"], "ckpt.pt")
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        save_checkpoint(out, {"model": model.state_dict(), "model_args": dataclasses.asdict(model.config),
+                              "optimizer": None, "iter_num": 0, "best_val_loss": 1e9,
+                              "config": {"init_from": name, **overrides}, "tokenizer": {"name": "gpt2"}})
         print(f"wrote {out}")
 
 

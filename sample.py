@@ -19,9 +19,11 @@ from contextlib import nullcontext
 import tiktoken
 import torch
 
-from configurator import ConfigError, auto_device, auto_dtype, exit_with_error, load_config
-from load_gpt2 import DownloadError, LoadError, apply_overrides, build_model, load_gpt2, read_json, short
-from model import GPTConfig, column_major_weights_
+from checkpoint import checkpoint_tokenizer, load_checkpoint
+from configurator import DTYPES, ConfigError, UserError, exit_with_error, load_config, pick_device, pick_dtype
+from download import short
+from load_gpt2 import LoadError, apply_overrides, gpt_from_state_dict, load_gpt2
+from model import GPTConfig, column_major_weights_, generate_args_problem
 
 DEFAULTS = dict(
     init_from="gpt2",     # gpt2, gpt2-medium, gpt2-large, gpt2-xl, resume (out_dir/ckpt.pt), or a Hugging Face-format path
@@ -42,52 +44,21 @@ DEFAULTS = dict(
     swa=None, window_size=None, gqa=None, n_kv_head=None, block_size=None,
 )
 OVERRIDE_KEYS = ("swa", "window_size", "gqa", "n_kv_head", "block_size")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ----------------------------------------------------------------------------------------------------
 # Model and tokenizer
 
 def load_model(config):
-    """(model, tokenizer spec) for init_from: a GPT-2 name or path through load_gpt2, or out_dir/ckpt.pt."""
+    """The model and its tokenizer spec for init_from: out_dir/ckpt.pt for 'resume', else GPT-2 through load_gpt2."""
     overrides = {k: config[k] for k in OVERRIDE_KEYS if config[k] is not None}
-    if config["init_from"] == "resume":
-        return load_resume(os.path.join(config["out_dir"], "ckpt.pt"), overrides)
-    return load_gpt2(config["init_from"], **overrides), {"name": "gpt2"}
-
-
-def load_resume(path, overrides):
-    """(model, tokenizer spec) of a checkpoint written by train.py or load_gpt2.py --out."""
-    if not os.path.isfile(path):
-        raise LoadError(f"no checkpoint at {path}: train one with train.py, write GPT-2's there with "
-                        f"'python load_gpt2.py gpt2 --out={path}', or use --init_from=gpt2")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file fails in many ways: zip, unpickler, EOF
-        raise LoadError(f"{path} cannot be read as a checkpoint; it may be truncated or corrupt ({short(e)})") from None
-    missing = [k for k in ("model", "model_args") if not isinstance(ckpt, dict) or not isinstance(ckpt.get(k), dict)]
-    if missing:
-        raise LoadError(f"{path} lacks {' and '.join(missing)}: it is no checkpoint of train.py or load_gpt2.py")
-    try:
-        config = GPTConfig(**ckpt["model_args"])
-    except (TypeError, ValueError) as e:
-        raise LoadError(f"{path}: its model_args make no GPTConfig ({e})") from None
+    if config["init_from"] != "resume":
+        return load_gpt2(config["init_from"], **overrides), {"name": "gpt2"}
+    path = os.path.join(config["out_dir"], "ckpt.pt")
+    ckpt = load_checkpoint(path)
     sd = {k: v for k, v in ckpt["model"].items() if k != "lm_head.weight"}  # lm_head is wte
-    sd, config = apply_overrides(sd, config, overrides, source=path)
-    return build_model(sd, config, path), tokenizer_spec(ckpt, path)
-
-
-def tokenizer_spec(ckpt, path):
-    """The checkpoint's tokenizer, else the one in its data directory's meta.json."""
-    if "tokenizer" in ckpt:
-        return ckpt["tokenizer"]
-    run = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    data_dir = run.get("data_dir") or (os.path.join("data", run["dataset"]) if run.get("dataset") else None)
-    meta = os.path.join(data_dir, "meta.json") if data_dir else None
-    if meta and os.path.isfile(meta) and "tokenizer" in read_json(meta):
-        return read_json(meta)["tokenizer"]
-    raise LoadError(f"{path} names no tokenizer, and there is no meta.json with one "
-                    + (f"at {meta}" if meta else "(its config names no data_dir or dataset)"))
+    sd, model_config = apply_overrides(sd, GPTConfig(**ckpt["model_args"]), overrides, source=path)
+    return gpt_from_state_dict(sd, model_config, path), checkpoint_tokenizer(ckpt, path)
 
 
 class Tokenizer:
@@ -143,24 +114,11 @@ def check_config(c):
     """Mistakes in the options, found before a model is loaded (or downloaded)."""
     if c["num_samples"] < 1:
         raise ConfigError(f"num_samples={c['num_samples']} must be at least 1")
-    if c["max_new_tokens"] < 0:
-        raise ConfigError(f"max_new_tokens={c['max_new_tokens']} must be >= 0")
-    if c["temperature"] < 0:
-        raise ConfigError(f"temperature={c['temperature']} must be >= 0 (0 is greedy)")
-    if c["top_k"] is not None and c["top_k"] < 1:
-        raise ConfigError(f"top_k={c['top_k']!r} must be a positive integer or None")
-    top_p = c["top_p"]
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise ConfigError(f"top_p={c['top_p']!r} must be in (0, 1], or None")
-    if c["dtype"] not in ("auto", *DTYPES):
-        raise ConfigError(f"dtype={c['dtype']!r} must be auto, {', '.join(DTYPES)}")
-    if c["device"] != "auto":
-        try:
-            kind = torch.device(c["device"]).type
-        except RuntimeError:
-            raise ConfigError(f"device={c['device']!r} is no device: use auto, cpu, cuda, cuda:1 or mps") from None
-        if kind == "cuda" and not torch.cuda.is_available() or kind == "mps" and not torch.backends.mps.is_available():
-            raise ConfigError(f"device={c['device']} is not available on this machine: use --device=auto")
+    problem = generate_args_problem(c["max_new_tokens"], c["temperature"], c["top_k"], c["top_p"])
+    if problem:
+        raise ConfigError(problem)
+    device = pick_device(c["device"])
+    return device, pick_dtype(c["dtype"], device)
 
 
 def prompt_ids(start, tokenizer, block_size):
@@ -203,22 +161,20 @@ def generate(model, tokenizer, ids, c, device):
 
 
 def sample(c):
-    check_config(c)
-    device = auto_device() if c["device"] == "auto" else c["device"]
-    dtype = auto_dtype(device) if c["dtype"] == "auto" else c["dtype"]
+    device, dtype = check_config(c)
     model, spec = load_model(c)
     tokenizer = Tokenizer(spec)
     if model.config.vocab_size < tokenizer.vocab_size:
         raise LoadError(f"the model's vocab_size={model.config.vocab_size} is smaller than its tokenizer's "
                         f"{tokenizer.vocab_size} tokens: the two do not belong together")
     model.eval().to(device)
-    if device == "cpu":
+    if device.type == "cpu":
         column_major_weights_(model)  # faster one-token matrix-vector products on a CPU (see model.py)
     if c["compile"]:
         model.compile()  # compiles forward in place, so generate's calls use it
     ids = prompt_ids(c["start"], tokenizer, model.config.block_size)
     # weights stay float32; matmuls run in the lower precision where dtype asks for it
-    autocast = nullcontext() if dtype == "float32" else torch.autocast(torch.device(device).type, dtype=DTYPES[dtype])
+    autocast = nullcontext() if dtype == "float32" else torch.autocast(device.type, dtype=DTYPES[dtype])
     print(f"{c['init_from']}: {sum(p.numel() for p in model.parameters()):,} parameters on {device} ({dtype})",
           file=sys.stderr)
     with torch.no_grad(), autocast:
@@ -228,7 +184,7 @@ def sample(c):
 def main(argv=None):
     try:
         sample(load_config(DEFAULTS, argv))
-    except (ConfigError, LoadError, DownloadError) as e:
+    except UserError as e:
         exit_with_error(e)
     except KeyboardInterrupt:
         print(file=sys.stderr)

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
+import download as dl
 import load_gpt2 as lg
 from load_gpt2 import DownloadError, LoadError, load_gpt2
 
@@ -214,7 +215,7 @@ def test_bad_overrides_are_refused_with_a_message(hf_dir, overrides, message):
 
 def test_cli_writes_a_checkpoint_that_loads_into_gpt(hf_dir, tmp_path, capsys):
     from model import GPT, GPTConfig
-    lg.main([str(hf_dir), "--out", str(tmp_path / "out"), "--gqa=True", "--n_kv_head", "2"])
+    lg.main([str(hf_dir), f"--out={tmp_path / 'out'}", "--gqa=True", "--n_kv_head=2"])
     assert "parameters" in capsys.readouterr().out
     ckpt = torch.load(tmp_path / "out" / "ckpt.pt", map_location="cpu", weights_only=True)
     assert ckpt["optimizer"] is None and ckpt["iter_num"] == 0 and ckpt["best_val_loss"] == 1e9
@@ -320,16 +321,16 @@ def test_connection_cut_halfway_resumes_from_the_partial_file(hub, tmp_path):
     size, sha256 = len(data), hashlib.sha256(data).hexdigest()
     hub.cut["/big"] = half
     with pytest.raises(DownloadError, match="run again to resume"):
-        lg.download(url, dest, size, sha256, attempts=1)
+        dl.download(url, dest, size, sha256, attempts=1)
     assert os.path.getsize(dest + ".incomplete") == half and not os.path.exists(dest)
-    lg.download(url, dest, size, sha256)  # the next run picks up where the last one stopped
+    dl.download(url, dest, size, sha256)  # the next run picks up where the last one stopped
     assert hub.log[-1] == ("GET", "/big", f"bytes={half}-")
     assert open(dest, "rb").read() == data and not os.path.exists(dest + ".incomplete")
 
     os.remove(dest)
     hub.log.clear()
     hub.cut["/big"] = half
-    lg.download(url, dest, size, sha256)  # within one run, a lost connection is resumed at once
+    dl.download(url, dest, size, sha256)  # within one run, a lost connection is resumed at once
     assert hub.log == [("GET", "/big", None), ("GET", "/big", f"bytes={half}-")]
     assert open(dest, "rb").read() == data
 
@@ -344,7 +345,7 @@ def test_sha256_mismatch_is_refused_and_leaves_nothing_in_the_cache(hub, tmp_pat
 def test_size_announced_by_the_server_is_checked(hub, tmp_path):
     hub.files["/short"] = b"x" * 1000
     with pytest.raises(DownloadError, match="1,000 bytes where 2,000 were expected"):
-        lg.download(hub.url + "/short", str(tmp_path / "short"), size=2000)
+        dl.download(hub.url + "/short", str(tmp_path / "short"), size=2000)
     assert not os.path.exists(tmp_path / "short.incomplete")
 
 
@@ -363,7 +364,7 @@ def test_file_in_the_hub_cache_is_used_without_any_request(hub, hf_model, tmp_pa
 def test_cli_verifies_a_pinned_file_found_in_the_cache(hub, tmp_path, capsys):
     lg.main(["gpt2"])
     assert "size and sha256 verified" in capsys.readouterr().out
-    path = lg.find_cached("gpt2", "model.safetensors")
+    path = lg.cached_gpt2("gpt2")
     with open(path, "r+b") as f:  # one flipped byte in the data: the file still loads, but is not GPT-2
         f.seek(-1, os.SEEK_END)
         last = f.read(1)
@@ -391,9 +392,9 @@ def test_no_network_says_url_cache_path_and_what_to_do(hub, monkeypatch):
 # The real GPT-2 124M, where its file is in the hub cache
 
 def test_real_gpt2_greedy_continuation_of_the_dog():
-    path = lg.find_cached("gpt2", "model.safetensors")
+    path = lg.cached_gpt2("gpt2")
     if path is None:
-        pytest.skip(f"GPT-2's model.safetensors is not in the hub cache ({lg.hub_cache_dir()}); "
+        pytest.skip(f"GPT-2's model.safetensors is not in the hub cache ({dl.hub_cache_dir()}); "
                     f"'python load_gpt2.py gpt2' puts it there")
     model = load_gpt2("gpt2").eval()
     assert sum(p.numel() for p in model.parameters()) == 124_439_808

@@ -219,7 +219,7 @@ def test_no_network_on_first_use(tmp_path, monkeypatch, capsys):
 def test_bpe_resume_and_the_meta_json_fallback(hf_dir, tmp_path, monkeypatch, capsys, gpt2_bpe):
     """A checkpoint written by load_gpt2.py --out samples like the directory it came from; without
     tokenizer info it falls back to its dataset's meta.json."""
-    load_gpt2_main([hf_dir, "--out", str(tmp_path / "out")])
+    load_gpt2_main([hf_dir, f"--out={tmp_path / 'out'}"])
     greedy = ["--start=The dog", "--temperature=0", "--max_new_tokens=8"]
     capsys.readouterr()
     from_dir = sample_in_process(capsys, f"--init_from={hf_dir}", *greedy).out

@@ -285,7 +285,7 @@ def test_wrong_or_corrupt_checkpoint_is_refused_and_left_alone(data_dir, tmp_pat
     assert 'n_layer=2' in err and 'n_layer=3' in err
     assert path.read_bytes() == good and (tmp_path / 'log.jsonl').read_bytes() == log
     path.write_bytes(good[:len(good) // 2])
-    assert 'not a readable checkpoint' in one_line_error(capsys, base)
+    assert 'cannot be read as a checkpoint' in one_line_error(capsys, base)  # checkpoint.py's one reader
     assert path.read_bytes() == good[:len(good) // 2] and (tmp_path / 'log.jsonl').read_bytes() == log
 
 

@@ -8,7 +8,7 @@ Train a GPT on one device, or on many under torchrun with DDP or FSDP2.
 The configuration is the defaults below, then config files and --key=value overrides (configurator.py).
 Whatever the world size, an optimizer step sees the same tokens: its micro-batches are a function of
 (seed, step) alone, dealt out to the ranks, so one process and N processes follow the same loss curve.
-Writes out_dir/ckpt.pt (see save_checkpoint) and out_dir/log.jsonl (one JSON object per log line and eval).
+Writes out_dir/ckpt.pt (checkpoint.py) and out_dir/log.jsonl (one JSON object per log line and eval).
 """
 
 import gc
@@ -31,7 +31,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import ConfigError, auto_device, auto_dtype, exit_with_error, load_config
+from checkpoint import checkpoint_tokenizer, load_checkpoint, save_checkpoint
+from configurator import UserError, exit_with_error, load_config, pick_device, pick_dtype
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -94,6 +95,8 @@ MODEL_KEYS = [f.name for f in fields(GPTConfig)]
 PEAK_BF16_FLOPS = [('H100 PCIe', 756e12), ('H100', 989e12), ('H200', 989e12), ('A100', 312e12)]
 RANK = int(os.environ.get('RANK', '0'))  # set by torchrun
 MASTER = RANK == 0
+RANK = int(os.environ.get('RANK', '0'))  # set by torchrun
+MASTER = RANK == 0
 
 
 def fail(message):
@@ -106,6 +109,97 @@ def fail(message):
 def log(message):
     if MASTER:
         print(message, flush=True)
+
+
+# -----------------------------------------------------------------------------
+# set-up: the configuration, then the processes
+
+def read_config(argv):
+    """The run's configuration: defaults, then config files and overrides, checked as a whole before any data
+    or model is touched."""
+    try:
+        cfg = SimpleNamespace(**load_config(DEFAULTS, argv))
+    except UserError as e:
+        fail(str(e))
+    check_config(cfg)
+    cfg.data_dir = cfg.data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', cfg.dataset)
+    return cfg
+
+
+def check_config(cfg):
+    """Every mistake a configuration can hold on its own, as one line that names the key (see fail)."""
+    if not (cfg.compile is None or type(cfg.compile) is bool):
+        fail(f"'compile' must be True, False or None, got {cfg.compile!r}")
+    if cfg.vocab_size is not None and type(cfg.vocab_size) is not int:
+        fail(f"'vocab_size' must be int or None, got {cfg.vocab_size!r}")
+    for key in ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps', 'batch_size',
+                'block_size'):
+        if getattr(cfg, key) < 1:
+            fail(f"'{key}' must be at least 1, got {getattr(cfg, key)}")
+    if cfg.max_iters < 0 or cfg.seed < 0:
+        fail(f"max_iters and seed must not be negative, got {cfg.max_iters} and {cfg.seed}")
+    if cfg.decay_lr and cfg.lr_decay_iters <= cfg.warmup_iters:
+        fail(f"lr_decay_iters ({cfg.lr_decay_iters}) must be larger than warmup_iters ({cfg.warmup_iters})")
+    if cfg.parallel not in ('ddp', 'fsdp'):
+        fail(f"'parallel' must be 'ddp' or 'fsdp', got {cfg.parallel!r}")
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    if cfg.gradient_accumulation_steps % world_size:
+        fail(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must divide by the world size "
+             f"({world_size}): it counts the micro-batches of one step over all ranks")
+    try:  # the model's shape, whatever the data's vocabulary turns out to be
+        GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS if k != 'vocab_size'})
+    except (TypeError, ValueError) as e:
+        fail(str(e))
+    if cfg.wandb_log and MASTER:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            fail("wandb_log=True needs wandb: pip install wandb")
+    try:  # now, so that a bad out_dir fails before anything runs
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        tempfile.TemporaryFile(dir=cfg.out_dir).close()
+    except OSError as e:
+        fail(f"out_dir '{cfg.out_dir}' cannot be written: {e.strerror or e}")
+
+
+def setup_distributed(cfg):
+    """(distributed, rank, world size, device) of this process. Under torchrun (RANK and WORLD_SIZE set) this also starts
+    the process group: one device per process (cuda:LOCAL_RANK, or the CPU), nccl on CUDA, gloo on the CPU.
+    Resolves cfg.device, cfg.dtype and cfg.compile ('auto' and None) for this machine."""
+    distributed = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
+    world_size = int(os.environ['WORLD_SIZE']) if distributed else 1
+    try:
+        device = pick_device(cfg.device)
+        cfg.dtype = pick_dtype(cfg.dtype, device)
+    except UserError as e:
+        fail(str(e))
+    if distributed and device.type not in ('cuda', 'cpu'):
+        fail(f"torchrun runs on cuda or cpu, not {device.type}")
+    if cfg.dtype == 'float16' and distributed and cfg.parallel == 'fsdp':
+        fail("parallel='fsdp' trains in bfloat16 or float32 (float16 would need a sharded gradient scaler)")
+    cfg.device, cfg.compile = str(device), device.type == 'cuda' if cfg.compile is None else cfg.compile
+    if distributed and device.type == 'cuda':
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
+        torch.cuda.set_device(device)
+    if distributed:
+        dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.fp32_precision = 'tf32'  # float32 matmuls on tensor cores
+    return distributed, RANK, world_size, device
+
+
+def shutdown(distributed):
+    """End a distributed run cleanly: without the barrier, gloo processes sometimes abort at exit."""
+    if distributed:
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def stop_with_error(message, distributed):
+    """A failure every rank sees at the same iteration (the losses are all-reduced): one line, exit 1."""
+    shutdown(distributed)
+    fail(message)
 
 
 # -----------------------------------------------------------------------------
@@ -172,41 +266,23 @@ def open_data(cfg):
 # -----------------------------------------------------------------------------
 # model
 
-def read_checkpoint(path):
-    """A checkpoint written by save_checkpoint (or load_gpt2.py --out), or one clear error."""
-    if not os.path.isfile(path):
-        fail(f"init_from='resume' but there is no checkpoint at '{path}': train first, or set out_dir")
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-        if not {'model', 'model_args', 'tokenizer'} <= set(ckpt):
-            raise KeyError(f"it has {sorted(ckpt)}, not model, model_args and tokenizer")
-        GPTConfig(**ckpt['model_args'])
-    except Exception as e:  # a truncated file, a foreign pickle, missing keys: all mean the same to a person
-        fail(f"'{path}' is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-    return ckpt
-
-
-def adopt_model_config(cfg, loaded, what):
-    """Take a loaded model's config into cfg. A model key the config sets (away from its default) to another
-    value than the model's is a mistake, except dropout, which fine-tuning may change."""
-    for key in MODEL_KEYS:
-        asked = getattr(cfg, key)
-        if key != 'dropout' and asked != DEFAULTS[key] and asked != loaded[key]:
-            fail(f"{what} has {key}={loaded[key]!r} but the config asks for {key}={asked!r}")
-        setattr(cfg, key, loaded[key] if key != 'dropout' else cfg.dropout)
-
-
-def build_model(cfg, meta):
-    """(model on the CPU, checkpoint or None, tokenizer) for cfg.init_from."""
+def init_model(cfg, meta):
+    """The model to train, on the CPU, as cfg.init_from asks: new weights, the run in out_dir/ckpt.pt, or
+    OpenAI's GPT-2; with the checkpoint it came from (or None) and its tokenizer."""
     if cfg.init_from == 'scratch':
         if cfg.vocab_size is None:
             cfg.vocab_size = 50304 if meta['tokenizer'].get('name') == 'gpt2' else meta['vocab_size']
         torch.manual_seed(cfg.seed)  # every rank builds the same weights (FSDP shards them where they are)
         model, ckpt, tokenizer = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS})), None, meta['tokenizer']
     elif cfg.init_from == 'resume':
-        ckpt = read_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'))
+        path = os.path.join(cfg.out_dir, 'ckpt.pt')
+        try:
+            ckpt = load_checkpoint(path, mmap=True)
+            tokenizer = checkpoint_tokenizer(ckpt, path)
+        except UserError as e:
+            fail(str(e))
         adopt_model_config(cfg, ckpt['model_args'], f"the checkpoint in '{cfg.out_dir}'")
-        model, tokenizer = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS})), ckpt['tokenizer']
+        model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}))
         try:
             model.load_state_dict(ckpt['model'])
         except RuntimeError as e:
@@ -222,7 +298,7 @@ def build_model(cfg, meta):
             overrides.update(gqa=True, n_kv_head=cfg.n_kv_head)
         try:
             model = load_gpt2(cfg.init_from, **overrides)
-        except (ValueError, OSError) as e:
+        except UserError as e:
             fail(f"init_from={cfg.init_from!r}: {e}")
         adopt_model_config(cfg, asdict(model.config), f"init_from={cfg.init_from!r}")
         ckpt, tokenizer = None, {'name': 'gpt2'}
@@ -232,6 +308,34 @@ def build_model(cfg, meta):
     if cfg.vocab_size < meta['vocab_size']:
         fail(f"vocab_size={cfg.vocab_size} is smaller than the data's vocabulary ({meta['vocab_size']})")
     return model, ckpt, tokenizer
+
+
+def adopt_model_config(cfg, loaded, what):
+    """Take a loaded model's config into cfg. A model key the config sets (away from its default) to another
+    value than the model's is a mistake, except dropout, which fine-tuning may change."""
+    for key in MODEL_KEYS:
+        asked = getattr(cfg, key)
+        if key != 'dropout' and asked != DEFAULTS[key] and asked != loaded[key]:
+            fail(f"{what} has {key}={loaded[key]!r} but the config asks for {key}={asked!r}")
+        setattr(cfg, key, loaded[key] if key != 'dropout' else cfg.dropout)
+
+
+def wrap_model(model, cfg, device, distributed):
+    """The model on its device, compiled, and replicated (DDP) or sharded (FSDP2) under torchrun."""
+    model.to(device)
+    if cfg.compile:  # in place, so parameter names keep no _orig_mod prefix; FSDP's hooks go around Blocks
+        for module in (model.transformer.h if distributed and cfg.parallel == 'fsdp' else [model]):
+            module.compile()
+    if distributed and cfg.parallel == 'fsdp':
+        bf16_cuda = device.type == 'cuda' and cfg.dtype == 'bfloat16'
+        mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_cuda \
+            else MixedPrecisionPolicy()
+        for block in model.transformer.h:
+            fully_shard(block, mp_policy=mp_policy)
+        fully_shard(model, mp_policy=mp_policy)  # the root: wte/lm_head (tied, so in one group), wpe, ln_f
+    elif distributed:
+        model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    return model
 
 
 def flops_per_token(config, n_params):
@@ -252,7 +356,7 @@ def device_peak_flops(cfg, device):
 
 
 # -----------------------------------------------------------------------------
-# optimization
+# optimization, evaluation, checkpoints and logs
 
 def configure_optimizer(model, cfg, device):
     """AdamW with weight decay on the 2-D weights (matmuls, embeddings) only, not on biases and LayerNorms."""
@@ -313,122 +417,65 @@ def estimate_loss(model, datasets, cfg, ctx, device, rank, world_size):
     return out
 
 
-def save_checkpoint(path, model, optimizer, extra):
-    """Write ckpt.pt atomically (a temporary file, then os.replace): the full model and optimizer state as plain
-    CPU tensors, keyed by GPT's parameter names whatever the wrapping. Every rank must call this: under FSDP
-    the full state is gathered from all of them. Rank 0 writes."""
+def clip_gradients(model, optimizer, scaler, grad_clip):
+    """Clip the gradient norm at grad_clip (0.0: no clipping) and return the norm before clipping, or None."""
+    if grad_clip <= 0.0:
+        return None
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    return norm.full_tensor() if hasattr(norm, 'full_tensor') else norm  # FSDP: a DTensor
+
+
+def save_run(cfg, model, optimizer, iter_num, best_val_loss, tokenizer):
+    """out_dir/ckpt.pt (checkpoint.py) with the full model and optimizer state as plain CPU tensors, keyed by
+    GPT's parameter names whatever the wrapping. Every rank must call this: under FSDP the full state is
+    gathered from all of them. Rank 0 writes."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = {'model': get_model_state_dict(model, options=options),
-             'optimizer': get_optimizer_state_dict(model, optimizer, options=options), **extra}
+    ckpt = {'model': get_model_state_dict(model, options=options),
+            'optimizer': get_optimizer_state_dict(model, optimizer, options=options),
+            'model_args': asdict(model.config), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
+            'config': vars(cfg), 'tokenizer': tokenizer}
     if MASTER:
-        tmp = path + '.tmp'
-        with open(tmp, 'wb') as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), ckpt)
+
+
+def record(log_file, entry, cfg):
+    """One line of out_dir/log.jsonl (rank 0), and the same to Weights & Biases when wandb_log."""
+    if MASTER:
+        log_file.write(json.dumps(entry) + '\n')
+        log_file.flush()
+        if cfg.wandb_log:
+            import wandb
+            wandb.log(entry, step=entry['iter'])
+
+
+STOP_SIGNALS = []  # the signals received: SIGINT or SIGTERM asks the run to stop after the current step
+
+
+def request_stop(signum, frame):
+    STOP_SIGNALS.append(signum)
+    signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C stops at once
 
 
 # -----------------------------------------------------------------------------
 
 def main(argv=None):
-    # configuration
-    try:
-        cfg = SimpleNamespace(**load_config(DEFAULTS, argv))
-    except ConfigError as e:
-        fail(str(e))
-    if not (cfg.compile is None or type(cfg.compile) is bool):
-        fail(f"'compile' must be True, False or None, got {cfg.compile!r}")
-    if cfg.vocab_size is not None and type(cfg.vocab_size) is not int:
-        fail(f"'vocab_size' must be int or None, got {cfg.vocab_size!r}")
-    for key in ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps', 'batch_size',
-                'block_size'):
-        if getattr(cfg, key) < 1:
-            fail(f"'{key}' must be at least 1, got {getattr(cfg, key)}")
-    if cfg.max_iters < 0 or cfg.seed < 0:
-        fail(f"max_iters and seed must not be negative, got {cfg.max_iters} and {cfg.seed}")
-    if cfg.decay_lr and cfg.lr_decay_iters <= cfg.warmup_iters:
-        fail(f"lr_decay_iters ({cfg.lr_decay_iters}) must be larger than warmup_iters ({cfg.warmup_iters})")
-    if cfg.parallel not in ('ddp', 'fsdp'):
-        fail(f"'parallel' must be 'ddp' or 'fsdp', got {cfg.parallel!r}")
-    if cfg.wandb_log and MASTER:
-        try:
-            import wandb
-        except ImportError:
-            fail("wandb_log=True needs wandb: pip install wandb")
-    cfg.data_dir = cfg.data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', cfg.dataset)
-
-    # distributed set-up, first part: who we are (the process group starts once every input is checked)
-    distributed = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
-    rank = RANK
-    world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-    if cfg.gradient_accumulation_steps % world_size:
-        fail(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must divide by the world size "
-             f"({world_size}): it counts the micro-batches of one step over all ranks")
+    cfg = read_config(argv)
+    distributed, rank, world_size, device = setup_distributed(cfg)
     micro_steps = cfg.gradient_accumulation_steps // world_size  # this rank's share of each step
-    cfg.device = auto_device() if cfg.device == 'auto' else cfg.device
-    try:
-        device = torch.device(cfg.device)
-    except RuntimeError:
-        fail(f"unknown device {cfg.device!r}: use cpu, cuda, cuda:N or mps")
-    if distributed and device.type not in ('cuda', 'cpu'):
-        fail(f"torchrun runs on cuda or cpu, not {device.type}")
-    if distributed and device.type == 'cuda':
-        device = torch.device('cuda', local_rank)
-    cfg.dtype = auto_dtype(device.type) if cfg.dtype == 'auto' else cfg.dtype
-    if cfg.dtype not in ('float32', 'bfloat16', 'float16'):
-        fail(f"'dtype' must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
-    if cfg.dtype == 'float16' and device.type == 'cpu':
-        fail("dtype=float16 on a CPU is about 50x slower than float32: use float32 or bfloat16")
-    if cfg.dtype == 'float16' and distributed and cfg.parallel == 'fsdp':
-        fail("parallel='fsdp' trains in bfloat16 or float32 (float16 would need a sharded gradient scaler)")
-    if cfg.dtype == 'bfloat16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
-        fail("this GPU does not support bfloat16: use dtype=float16")
-    cfg.compile = device.type == 'cuda' if cfg.compile is None else cfg.compile
 
-    # data
+    # data and model
     meta, datasets = open_data(cfg)
-
-    # model, on the CPU until the process group is up
-    model, ckpt, tokenizer = build_model(cfg, meta)
+    raw_model, ckpt, tokenizer = init_model(cfg, meta)  # raw_model: GPT's own names, for checkpoints and AdamW
     iter_num = ckpt.get('iter_num', 0) if ckpt else 0
     best_val_loss = ckpt.get('best_val_loss', float('inf')) if ckpt else float('inf')
-    n_params = sum(p.numel() for p in model.parameters()) - (0 if cfg.rope else model.transformer.wpe.weight.numel())
-    flops_token = flops_per_token(model.config, n_params)
-    try:  # now, so that a bad out_dir fails before anything runs
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        tempfile.TemporaryFile(dir=cfg.out_dir).close()
-    except OSError as e:
-        fail(f"out_dir '{cfg.out_dir}' cannot be written: {e.strerror or e}")
-
-    # distributed set-up, second part: every input is fine, so the processes may now wait on each other
-    if distributed:
-        if device.type == 'cuda':
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
-    if device.type == 'cuda':
-        torch.backends.cuda.matmul.fp32_precision = 'tf32'  # float32 matmuls on tensor cores
+    n_params = sum(p.numel() for p in raw_model.parameters()) - (0 if cfg.rope else raw_model.transformer.wpe.weight.numel())
+    flops_token = flops_per_token(raw_model.config, n_params)
     mode = f"{cfg.parallel} under torchrun, world size {world_size}" if distributed else "one process, world size 1"
     log(f"training: {mode}, device {device}, dtype {cfg.dtype}, compile {cfg.compile}, init_from {cfg.init_from}")
     log("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in sorted(vars(cfg).items())))
     log(f"model: {n_params / 1e6:.2f}M parameters (without position embeddings), {flops_token / 1e6:.1f} MFLOPs per token")
-
-    # the model on its device: replicated (DDP) or sharded (FSDP2), then compiled
-    model.to(device)
-    raw_model = model  # GPT's own parameter names, for checkpoints and the optimizer
-    if cfg.compile:  # in place, so parameter names keep no _orig_mod prefix; FSDP's hooks go around Blocks
-        for module in (model.transformer.h if distributed and cfg.parallel == 'fsdp' else [model]):
-            module.compile()
-    if distributed and cfg.parallel == 'fsdp':
-        bf16_cuda = device.type == 'cuda' and cfg.dtype == 'bfloat16'
-        mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_cuda \
-            else MixedPrecisionPolicy()
-        for block in model.transformer.h:
-            fully_shard(block, mp_policy=mp_policy)
-        fully_shard(model, mp_policy=mp_policy)  # the root: wte/lm_head (tied, so in one group), wpe, ln_f
-    elif distributed:
-        model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    model = wrap_model(raw_model, cfg, device, distributed)
 
     # optimizer, built after sharding so that it holds the sharded parameters
     optimizer = configure_optimizer(raw_model, cfg, device)
@@ -439,53 +486,31 @@ def main(argv=None):
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == 'float16')
     ctx = nullcontext() if cfg.dtype == 'float32' else torch.autocast(device.type, dtype=getattr(torch, cfg.dtype))
 
-    # logging
+    # logging, and SIGINT/SIGTERM (Ctrl-C, a preemption notice): finish the step, save, exit 0
     log_file = open(os.path.join(cfg.out_dir, 'log.jsonl'), 'a' if cfg.init_from == 'resume' or cfg.eval_only else 'w') \
         if MASTER else None
     if cfg.wandb_log and MASTER:
+        import wandb
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
-
-    def record(entry):
-        if MASTER:
-            log_file.write(json.dumps(entry) + '\n')
-            log_file.flush()
-            if cfg.wandb_log:
-                wandb.log(entry, step=entry['iter'])
-
-    def checkpoint():
-        save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), raw_model, optimizer, {
-            'model_args': asdict(raw_model.config), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
-            'config': vars(cfg), 'tokenizer': tokenizer})
-
-    def stop_with_error(message):  # every rank gets here at the same iteration (the losses are all-reduced)
-        shutdown(distributed)
-        fail(message)
-
-    # SIGINT/SIGTERM (Ctrl-C, a preemption notice): finish the step, save, exit 0; a second Ctrl-C stops at once
-    stop_signal = []
-
-    def request_stop(signum, frame):
-        stop_signal.append(signum)
-        signal.signal(signum, signal.SIG_DFL)
-
+    STOP_SIGNALS.clear()
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    # training loop
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     peak = device_peak_flops(cfg, device)
     saved_iter = iter_num  # the iteration of the weights in ckpt.pt, or of those we started from
     try:
         while True:
+            # evaluate, and save a checkpoint
             if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
                 losses = estimate_loss(model, datasets, cfg, ctx, device, rank, world_size)
                 log(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                record({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val']})
+                record(log_file, {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val']}, cfg)
                 if not math.isfinite(losses['val']):
-                    stop_with_error(f"val loss is {losses['val']} at iteration {iter_num}; ckpt.pt is left as it was")
+                    stop_with_error(f"val loss is {losses['val']} at iteration {iter_num}; ckpt.pt is left as it was",
+                                    distributed)
                 improved = losses['val'] < best_val_loss
                 best_val_loss = min(best_val_loss, losses['val'])
                 if (improved or cfg.always_save_checkpoint) and iter_num > saved_iter and not cfg.eval_only:
-                    checkpoint()
+                    save_run(cfg, raw_model, optimizer, iter_num, best_val_loss, tokenizer)
                     saved_iter = iter_num
                     log(f"saved {cfg.out_dir}/ckpt.pt at iteration {iter_num}")
             if iter_num >= cfg.max_iters or cfg.eval_only:
@@ -507,33 +532,31 @@ def main(argv=None):
                         _, loss = model(x, y)
                     scaler.scale(loss / micro_steps).backward()
                 loss_sum += loss.detach().float()
-            grad_norm = None
-            if cfg.grad_clip > 0.0:
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-                grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, 'full_tensor') else grad_norm  # FSDP: DTensor
+            grad_norm = clip_gradients(raw_model, optimizer, scaler, cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
 
             # one all-reduce per step: the loss over all ranks, and whether any rank was asked to stop
-            stats = torch.stack([loss_sum / micro_steps, torch.tensor(float(bool(stop_signal)), device=device)])
+            stats = torch.stack([loss_sum / micro_steps, torch.tensor(float(bool(STOP_SIGNALS)), device=device)])
             loss_value, stop = all_ranks_mean(stats, distributed)
             if not math.isfinite(loss_value):
                 stop_with_error(f"loss is {loss_value} at iteration {iter_num}; ckpt.pt is left as it was "
-                                f"(saved at iteration {saved_iter})")
+                                f"(saved at iteration {saved_iter})", distributed)
+
+            # the log line
             dt = time.time() - t0
             if iter_num % cfg.log_interval == 0:
                 tokens_per_sec = tokens_per_step / dt
                 mfu = flops_token * tokens_per_sec / (peak * world_size) if peak else None
                 log(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
                     f"{tokens_per_sec:,.0f} tokens/s" + (f", MFU {mfu * 100:.1f}%" if mfu is not None else ""))
-                record({'iter': iter_num, 'loss': loss_value, 'lr': lr, 'ms': dt * 1000,
-                        'tokens_per_sec': tokens_per_sec, 'mfu': mfu,
-                        'grad_norm': None if grad_norm is None else grad_norm.item()})
+                record(log_file, {'iter': iter_num, 'loss': loss_value, 'lr': lr, 'ms': dt * 1000,
+                                  'tokens_per_sec': tokens_per_sec, 'mfu': mfu,
+                                  'grad_norm': None if grad_norm is None else grad_norm.item()}, cfg)
             iter_num += 1
             if stop:
-                checkpoint()
+                save_run(cfg, raw_model, optimizer, iter_num, best_val_loss, tokenizer)
                 log(f"stopped by a signal: saved {cfg.out_dir}/ckpt.pt at iteration {iter_num}")
                 break
     finally:
@@ -542,14 +565,6 @@ def main(argv=None):
         if MASTER:
             log_file.close()
     shutdown(distributed)
-
-
-def shutdown(distributed):
-    """End a distributed run cleanly: without the barrier, gloo processes sometimes abort at exit."""
-    if distributed:
-        gc.collect()
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == '__main__':

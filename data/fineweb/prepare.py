@@ -6,8 +6,8 @@ the rest, both uint16; meta.json describes them. Every document is preceded by <
     python data/fineweb/prepare.py                     # downloads ~27 GB of parquet files, writes ~20 GB of .bin
     python data/fineweb/prepare.py --input PATH        # a local .parquet or .jsonl file, or a folder of them
 
-The parquet files are listed through the Hugging Face Hub API and downloaded one at a time with requests
-into data/fineweb/parquet/ (an interrupted download resumes). Rows are read in batches (parquet needs
+The parquet files are listed through the Hugging Face Hub API and downloaded one at a time into
+data/fineweb/parquet/ with the repository's download.py (an interrupted download resumes, sizes are checked). Rows are read in batches (parquet needs
 pyarrow: pip install pyarrow; .jsonl, one {"text": ...} per line, needs nothing), tokenized by worker
 processes, and appended to the .bin files as they come back, in order: memory stays flat however big the set.
 """
@@ -30,11 +30,11 @@ LIST_URL = f'https://huggingface.co/api/datasets/{REPO}/tree/main/{SUBSET}'
 FILE_URL = f'https://huggingface.co/datasets/{REPO}/resolve/main/{{path}}'
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root, for its shared modules
+from configurator import exit_with_error as fail  # noqa: E402
+from download import DownloadError, download  # noqa: E402
+
 enc = tiktoken.get_encoding('gpt2')  # module level: worker processes get it too
-
-
-def fail(message):
-    sys.exit(f"error: {message}")
 
 
 # -----------------------------------------------------------------------------
@@ -49,31 +49,6 @@ def list_remote_files():
         fail(f"could not list {LIST_URL} ({e}); pass --input PATH with a local copy")
     items = [item for item in response.json() if item['type'] == 'file' and item['path'].endswith('.parquet')]
     return sorted((item['path'], item.get('lfs', {}).get('size', item['size'])) for item in items)
-
-
-def download(url, path, size):
-    """url to path in 1 MB chunks, through path + '.part', which a later run resumes from."""
-    if os.path.isfile(path) and os.path.getsize(path) == size:
-        return
-    part = path + '.part'
-    done = os.path.getsize(part) if os.path.isfile(part) else 0
-    try:
-        with requests.get(url, headers={'Range': f'bytes={done}-'} if done else {}, stream=True, timeout=60) as r:
-            r.raise_for_status()
-            done = done if r.status_code == 206 else 0  # 200: the server sent the whole file again
-            with open(part, 'ab' if done else 'wb') as f:
-                t0 = time.time()
-                for chunk in r.iter_content(chunk_size=1 << 20):
-                    f.write(chunk)
-                    done += len(chunk)
-                    if time.time() - t0 > 1:
-                        print(f"\rdownloading {os.path.basename(path)}: {done / 1e9:.2f} / {size / 1e9:.2f} GB",
-                              end='', flush=True)
-                        t0 = time.time()
-    except requests.RequestException as e:
-        fail(f"could not download {url} ({e}); run again to resume, or pass --input PATH with a local copy")
-    print(f"\rdownloaded {os.path.basename(path)}: {done / 1e9:.2f} GB" + ' ' * 20)
-    os.replace(part, path)
 
 
 def local_files(path):
@@ -154,10 +129,13 @@ def main():
         except ImportError:
             fail("reading parquet files needs pyarrow: pip install pyarrow")
 
-    def documents():  # each file is downloaded just before it is read
+    def documents():  # each file is downloaded (resumed, size-checked) just before it is read
         for path, remote in sources:
-            if remote:
-                download(*remote, path)
+            if remote and not os.path.isfile(path):
+                try:
+                    download(remote[0], path, size=remote[1])
+                except DownloadError as e:
+                    fail(f"{e}; or pass --input PATH with a local copy")
             yield from read_batches(path, args.rows)
 
     # written under temporary names: an interrupted run leaves no .bin that looks complete
