@@ -155,8 +155,8 @@ def find_cached(repo_ids, filename):
 
 
 def remote_info(url):
-    """(commit, size, sha256) that the hub announces for url; size and sha256 may be None. The hub answers
-    a file stored in LFS with a redirect that carries them as X-Linked-Size and X-Linked-Etag."""
+    """What the hub announces about url, to verify its download: (commit, size, sha256), the last two maybe None.
+    The hub answers for a file in LFS with a redirect that carries them as X-Linked-Size and X-Linked-Etag."""
     r = requests.head(url, allow_redirects=False, timeout=TIMEOUT, headers={"Accept-Encoding": "identity"})
     if r.status_code >= 400:
         raise DownloadError(f"{url}: HTTP {r.status_code} {r.reason}")

@@ -106,7 +106,7 @@ def read_safetensors(path):
 
 
 def read_hf_weights(path):
-    """(tensors, config.json as a dict or {}) of a Hugging Face-format directory or .safetensors file."""
+    """Read a Hugging Face-format directory or .safetensors file: its tensors and its config.json ({} if none)."""
     if os.path.isdir(path):
         index = os.path.join(path, "model.safetensors.index.json")
         if os.path.isfile(os.path.join(path, "model.safetensors")):
@@ -189,7 +189,7 @@ OVERRIDES = {"dropout": float, "swa": bool, "window_size": int, "gqa": bool, "n_
 
 
 def apply_overrides(sd, config, overrides, source="the checkpoint"):
-    """(state_dict, GPTConfig) of a trained GPT changed as overrides ask; see OVERRIDES for the keys."""
+    """Change a trained GPT (its state_dict and GPTConfig) as overrides ask (see OVERRIDES); returns both."""
     for key, value in overrides.items():
         if key not in OVERRIDES:
             raise LoadError(f"unknown override '{key}': the ones that apply to a trained model are {', '.join(OVERRIDES)}")

@@ -163,9 +163,9 @@ def check_config(cfg):
 
 
 def setup_distributed(cfg):
-    """(distributed, rank, world size, device) of this process. Under torchrun (RANK and WORLD_SIZE set) this also starts
-    the process group: one device per process (cuda:LOCAL_RANK, or the CPU), nccl on CUDA, gloo on the CPU.
-    Resolves cfg.device, cfg.dtype and cfg.compile ('auto' and None) for this machine."""
+    """Find who this process is and what it runs on: returns (distributed, rank, world size, device). Under
+    torchrun (RANK and WORLD_SIZE set) it starts the process group: one device per process (cuda:LOCAL_RANK, or
+    the CPU), nccl on CUDA, gloo on the CPU. Resolves cfg.device, cfg.dtype and cfg.compile for this machine."""
     distributed = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
     world_size = int(os.environ['WORLD_SIZE']) if distributed else 1
     try:

@@ -41,7 +41,7 @@ enc = tiktoken.get_encoding('gpt2')  # module level: worker processes get it too
 # where the documents come from
 
 def list_remote_files():
-    """(path in the repository, size in bytes) of each parquet file of the subset."""
+    """List the subset's parquet files on the hub: (path in the repository, size in bytes) of each."""
     try:
         response = requests.get(LIST_URL, timeout=60)
         response.raise_for_status()
