@@ -52,7 +52,12 @@ def load_gpt2(name_or_path, **overrides):
     swa/window_size, gqa/n_kv_head, block_size (see apply_overrides). Raises LoadError or DownloadError.
     """
     path = fetch(name_or_path) if name_or_path in NAMES else name_or_path
-    tensors, hf_config = read_hf_weights(path)
+    try:
+        tensors, hf_config = read_hf_weights(path)
+    except LoadError as e:
+        if name_or_path in NAMES:  # a bad file in the cache would fail every run without a request
+            raise LoadError(f"{e}; delete {os.path.dirname(path)} to download {name_or_path} afresh") from None
+        raise
     sd = gpt2_state_dict(tensors, path)
     sd, config = apply_overrides(sd, gpt2_config(sd, hf_config, path), overrides, source="GPT-2")
     return gpt_from_state_dict(sd, config, path)
@@ -127,11 +132,15 @@ def read_hf_weights(path):
 
 
 def read_json(path):
+    """The JSON object in path (config.json, an index), or one LoadError."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            value = json.load(f)
     except ValueError as e:
-        raise LoadError(f"{path} is not valid JSON ({e})") from None
+        raise LoadError(f"{path} is not valid JSON ({short(e)})") from None
+    if not isinstance(value, dict):
+        raise LoadError(f"{path} holds a JSON {type(value).__name__}, not an object")
+    return value
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -299,31 +308,25 @@ def fetch(name):
                             f"and place it at {by_hand}") from None
     snapshot = os.path.join(repo_dir(repo), "snapshots", commit)
     size, sha256 = PINNED.get(name, (size, sha256))
-    path = download(url, os.path.join(snapshot, "model.safetensors"), size, sha256, check=safetensors_problem)
-    download(url.replace("model.safetensors", "config.json"), os.path.join(snapshot, "config.json"), check=json_problem)
+    path = download(url, os.path.join(snapshot, "model.safetensors"), size, sha256,
+                    check=readable_by(read_safetensors))
+    download(url.replace("model.safetensors", "config.json"), os.path.join(snapshot, "config.json"),
+             check=readable_by(read_json))
     os.makedirs(os.path.join(repo_dir(repo), "refs"), exist_ok=True)
     with open(os.path.join(repo_dir(repo), "refs", "main"), "w") as f:  # as huggingface_hub leaves it
         f.write(commit)
     return path
 
 
-def safetensors_problem(path):
-    """Why path is no safetensors file (an HTML error page, say), or None: checked before it enters the cache."""
-    try:
-        read_safetensors(path)
-    except LoadError as e:
-        return str(e)
-    return None
-
-
-def json_problem(path):
-    """Why path is no JSON object, or None."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        return f"not JSON ({short(e)})"
-    return None if isinstance(config, dict) else "not a JSON object"
+def readable_by(read):
+    """A download's content check: why read(path) refuses the file (an HTML error page, say), or None."""
+    def problem(path):
+        try:
+            read(path)
+        except LoadError as e:
+            return str(e)
+        return None
+    return problem
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -243,7 +243,7 @@ class Hub(http.server.ThreadingHTTPServer):
 
     def __init__(self, files):
         super().__init__(("127.0.0.1", 0), HubHandler)
-        self.files, self.log, self.cut = files, [], {}
+        self.files, self.log, self.cut, self.wrong_range = files, [], {}, set()
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
 
@@ -264,8 +264,11 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers.get("Range") else 0
         if start >= len(data) > 0:
             return self.send_error(416)
-        self.send_response(206 if start else 200)
-        if start:
+        ranged = bool(start)
+        if self.path in hub.wrong_range:  # a broken proxy: 206 for a Range request, but the bytes from 0
+            start = 0
+        self.send_response(206 if ranged else 200)
+        if ranged:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.send_header("Content-Length", str(len(data) - start))
         self.send_header("X-Repo-Commit", "0123abcd")
@@ -373,6 +376,37 @@ def test_cli_verifies_a_pinned_file_found_in_the_cache(hub, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         lg.main(["gpt2"])
     assert e.value.code == 1 and "is not OpenAI's gpt2 (sha256" in capsys.readouterr().err
+
+
+def test_a_206_that_starts_at_another_byte_is_not_appended(hub, tmp_path):
+    data = os.urandom(100_000)
+    hub.files["/ranged"], dest = data, str(tmp_path / "ranged")
+    with open(dest + ".incomplete", "wb") as f:  # an earlier run's partial file
+        f.write(data[:1000])
+    hub.wrong_range.add("/ranged")
+    dl.download(hub.url + "/ranged", dest)  # no size or sha256 given: only the range check can tell
+    assert open(dest, "rb").read() == data
+    assert hub.log == [("GET", "/ranged", "bytes=1000-"), ("GET", "/ranged", None)]  # refused, then from 0
+
+
+@pytest.mark.parametrize("bad_file", ["model.safetensors", "config.json"])
+def test_an_html_error_page_never_enters_the_cache(hub, tmp_path, monkeypatch, bad_file):
+    """A proxy's error page served with 200: without a pinned sha256 only the content can tell."""
+    monkeypatch.delitem(lg.PINNED, "gpt2")
+    hub.files[f"/openai-community/gpt2/resolve/main/{bad_file}"] = b"<html><body>502 Bad Gateway</body></html>"
+    with pytest.raises(DownloadError, match=f"{bad_file} failed its check.*deleted the partial file"):
+        load_gpt2("gpt2")
+    cached = [f for _, _, files in os.walk(tmp_path / "hub-cache") for f in files]
+    assert bad_file not in cached and not any(f.endswith(".incomplete") for f in cached)
+
+
+def test_a_bad_file_in_the_cache_is_named_for_deletion(hub, tmp_path):
+    snapshot = tmp_path / "hub-cache" / "models--openai-community--gpt2" / "snapshots" / "main"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"<html>Not Found</html>")
+    with pytest.raises(LoadError, match=f"delete {snapshot} to download gpt2 afresh"):
+        load_gpt2("gpt2")
+    assert hub.log == []
 
 
 def test_no_network_says_url_cache_path_and_what_to_do(hub, monkeypatch):

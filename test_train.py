@@ -208,7 +208,7 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_the_checkpoint(data_dir, tm
 # torchrun: DDP and FSDP on 2 CPU processes with gloo
 
 def test_ddp_and_fsdp_match_one_process_and_resume(data_dir, tmp_path):
-    common = ['--gradient_accumulation_steps=2', '--eval_interval=3', '--dropout=0.0']
+    common = ['--gradient_accumulation_steps=2', '--eval_interval=3', '--dropout=0.1']  # masks per micro-batch
     run_train(data_dir, tmp_path / 'one', *common, '--max_iters=6')
     one = train_losses(tmp_path / 'one')
     one_norms, one_evals = grad_norms(tmp_path / 'one'), val_losses(tmp_path / 'one')
@@ -381,15 +381,158 @@ def test_grad_sync_reduces_on_the_last_micro_step_only(tmp_path):
         dist.destroy_process_group()
 
 
-def test_a_failed_save_leaves_the_checkpoint_whole(data_dir, tmp_path, monkeypatch):
+def test_a_full_disk_is_one_line_and_leaves_checkpoint_log_and_resume_whole(data_dir, tmp_path, monkeypatch, capsys):
     run_train(data_dir, tmp_path, '--max_iters=2', '--eval_interval=2')
     good = (tmp_path / 'ckpt.pt').read_bytes()
 
     def save_half_then_fail(obj, f):
         f.write(b'half a checkpoint')
-        raise OSError('disk full')
+        raise OSError(28, 'No space left on device')
 
-    monkeypatch.setattr(train.torch, 'save', save_half_then_fail)
-    with pytest.raises(OSError, match='disk full'):
-        run_train(data_dir, tmp_path, '--max_iters=4', '--eval_interval=2', '--init_from=resume')
+    with monkeypatch.context() as m:
+        m.setattr(train.torch, 'save', save_half_then_fail)
+        err = one_line_error(capsys, [f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY, '--max_iters=4',
+                                      '--eval_interval=2', '--init_from=resume'])
+    assert 'No space left on device' in err and 'the previous one is left as it was' in err
+    assert (tmp_path / 'ckpt.pt').read_bytes() == good and not (tmp_path / 'ckpt.pt.tmp').exists()
+
+    real_write = os.write
+    with monkeypatch.context() as m:  # the disk fills up in the middle of a log line
+        m.setattr(train.os, 'write', lambda fd, data: real_write(fd, data[:len(data) // 2]))
+        assert 'log.jsonl' in one_line_error(capsys, [f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY,
+                                                      '--max_iters=4', '--init_from=resume'])
+    read_log(tmp_path)  # every line whole: each parses
+    run_train(data_dir, tmp_path, '--max_iters=4', '--eval_interval=2', '--init_from=resume')
+    assert sorted(train_losses(tmp_path)) == list(range(4))
+
+
+# ----------------------------------------------------------------------------------------------------
+# a run never loses its progress
+
+def worker_pids(parent):
+    """The pids whose parent is `parent` (torchrun's workers)."""
+    pids = []
+    for d in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            if open(f'/proc/{d}/stat').read().rsplit(')', 1)[1].split()[1] == str(parent):
+                pids.append(int(d))
+        except OSError:
+            pass
+    return pids
+
+
+def signal_all(pids, signum, rounds):
+    for _ in range(rounds):
+        for pid in pids:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        time.sleep(1.5)  # a second request, as a person or a scheduler sends it
+
+
+def wait_for(proc, prefix):
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"no line starting with {prefix!r}: {proc.stderr.read()[-2000:]}")
+
+
+def test_a_signal_to_every_process_of_a_torchrun_job_saves(data_dir, tmp_path):
+    """A job cancel signals torchrun and each worker, and torchrun forwards one more to each."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           os.path.join(HERE, 'train.py'), f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY,
+           '--gradient_accumulation_steps=2', '--max_iters=100000', '--eval_interval=100000', '--parallel=fsdp']
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    wait_for(proc, 'iter 3:')
+    signal_all([proc.pid] + worker_pids(proc.pid), signal.SIGTERM, rounds=1)
+    out, err = proc.communicate(timeout=120)
+    assert 'stopped by a signal: saved' in out, err[-3000:]
+    ckpt = torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)
+    assert ckpt['iter_num'] >= 4 and sorted(train_losses(tmp_path)) == list(range(ckpt['iter_num']))
+
+
+def test_twice_to_each_worker_still_saves_and_exits_zero(data_dir, tmp_path):
+    """The workers as torchrun starts them (RANK, WORLD_SIZE, ...), each sent SIGINT and a forwarded copy, twice."""
+    port = 29500 + os.getpid() % 1000
+    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, 'train.py'), f'--data_dir={data_dir}',
+                               f'--out_dir={tmp_path}', *TINY, '--gradient_accumulation_steps=2',
+                               '--max_iters=100000', '--eval_interval=100000'],
+                              env=env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
+                                      MASTER_PORT=str(port)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+             for r in range(2)]
+    wait_for(procs[0], 'iter 3:')
+    for _ in range(2):
+        signal_all([p.pid for p in procs] * 2, signal.SIGINT, rounds=1)
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[0][-1500:] + o[1][-1500:] for o in outs]
+    assert 'stopped by a signal: saved' in outs[0][0]
+    assert torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)['iter_num'] >= 4
+
+
+def test_a_signal_during_a_long_evaluation_acts_within_a_batch(data_dir, tmp_path):
+    run_train(data_dir, tmp_path, '--max_iters=2', '--eval_interval=2')
+    cmd = [sys.executable, os.path.join(HERE, 'train.py'), f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY,
+           '--init_from=resume', '--max_iters=4', '--eval_interval=4', '--eval_iters=1000000']  # hours of eval
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(proc, 'iter 3:')
+    time.sleep(1.0)  # inside the eval at iteration 4
+    start = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and time.time() - start < 15, err
+    assert 'stopped by a signal: saved' in out and 'eval 4' not in out
+    assert torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)['iter_num'] == 4
+
+
+def test_unsound_weights_never_replace_a_good_checkpoint(data_dir, tmp_path, capsys, monkeypatch):
+    """A step that leaves a NaN weight, then a signal at once: the step's own loss was finite."""
+    run_train(data_dir, tmp_path, '--max_iters=2', '--eval_interval=2')
+    good = (tmp_path / 'ckpt.pt').read_bytes()
+    real, calls = train.configure_optimizer, []
+
+    def poisoned(*args):
+        optimizer = real(*args)
+        step = optimizer.step
+
+        def step_then_poison(*a, **k):
+            step(*a, **k)
+            calls.append(1)
+            if len(calls) < 2:
+                return  # set_optimizer_state_dict's own step, which makes the state
+            with torch.no_grad():
+                optimizer.param_groups[0]['params'][0].view(-1)[0] = float('nan')
+            train.STOP_SIGNALS.append(signal.SIGTERM)  # as if it came now
+        optimizer.step = step_then_poison
+        return optimizer
+
+    monkeypatch.setattr(train, 'configure_optimizer', poisoned)
+    err = one_line_error(capsys, [f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY, '--init_from=resume',
+                                  '--max_iters=10'])
+    assert 'stopped by a signal, but' in err and 'iteration 3' in err and 'left as it was (saved at iteration 2)' in err
     assert (tmp_path / 'ckpt.pt').read_bytes() == good
+
+
+def test_a_new_run_never_replaces_an_earlier_one_silently(data_dir, tmp_path, capsys):
+    run_train(data_dir, tmp_path, '--max_iters=2', '--eval_interval=2')
+    good, log = (tmp_path / 'ckpt.pt').read_bytes(), (tmp_path / 'log.jsonl').read_bytes()
+    err = one_line_error(capsys, [f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY, '--max_iters=2'])
+    assert '--init_from=resume' in err and '--out_dir' in err and '--overwrite=True' in err
+    assert (tmp_path / 'ckpt.pt').read_bytes() == good and (tmp_path / 'log.jsonl').read_bytes() == log
+    run_train(data_dir, tmp_path, '--max_iters=2', '--eval_interval=2', '--overwrite=True', '--seed=7')
+    assert (tmp_path / 'log.jsonl').read_bytes().startswith(log)  # only ever appended to
+    starts = [e for e in read_log(tmp_path) if e.get('event') == 'start']
+    assert len(starts) == 2 and all(e['init_from'] == 'scratch' for e in starts)
+
+
+def test_resume_takes_the_saved_configuration(data_dir, tmp_path, capsys):
+    run_train(data_dir, tmp_path, '--max_iters=3', '--eval_interval=3', '--learning_rate=1e-3', '--decay_lr=False')
+    capsys.readouterr()
+    train.main(['--init_from=resume', f'--out_dir={tmp_path}', '--max_iters=5', '--device=cpu'])  # nothing else
+    out = capsys.readouterr().out
+    assert 'changed: max_iters=5 (was 3)' in out and 'learning_rate' not in out.split('config:')[0]
+    assert [e['lr'] for e in read_log(tmp_path) if 'lr' in e] == [1e-3] * 5  # not the default's 6e-4
+    ckpt = torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)
+    assert ckpt['iter_num'] == 5 and ckpt['config']['batch_size'] == 4 and ckpt['config']['data_dir'] == data_dir

@@ -44,6 +44,7 @@ log_interval = 1
 eval_iters = 200  # batches per split at each eval, over all ranks
 eval_only = False  # evaluate once, then exit
 always_save_checkpoint = True  # False: save at an eval only when val loss improves
+overwrite = False  # True: a new run (init_from other than 'resume') may replace the ckpt.pt already in out_dir
 init_from = 'scratch'  # 'scratch', 'resume' (out_dir/ckpt.pt), or a GPT-2 name ('gpt2', 'gpt2-medium', ...) or path
 # wandb logging (optional: pip install wandb)
 wandb_log = False
@@ -115,15 +116,36 @@ def log(message):
 # set-up: the configuration, then the processes
 
 def read_config(argv):
-    """The run's configuration: defaults, then config files and overrides, checked as a whole before any data
-    or model is touched."""
+    """The run's configuration, checked as a whole before any data or model is touched, and the checkpoint to
+    resume (or None). A new run starts from the defaults; a resumed one from the configuration it saved, so
+    that `--init_from=resume --out_dir=X` alone continues it. Config files and overrides apply on top."""
     try:
-        cfg = SimpleNamespace(**load_config(DEFAULTS, argv))
+        cfg, ckpt = SimpleNamespace(**load_config(DEFAULTS, argv)), None
+        if cfg.init_from == 'resume':
+            path = os.path.join(cfg.out_dir, 'ckpt.pt')
+            ckpt = load_checkpoint(path, mmap=True)
+            saved = saved_config(ckpt)
+            cfg = SimpleNamespace(**load_config({**DEFAULTS, **saved}, argv))
+            changes = [f"{k}={v!r} (was {saved[k]!r})" for k, v in vars(cfg).items() if k in saved and v != saved[k]]
+            log(f"resuming {path} at iteration {ckpt.get('iter_num', 0)} with its saved configuration"
+                + (", changed: " + ", ".join(changes) if changes else ""))
     except UserError as e:
         fail(str(e))
     check_config(cfg)
     cfg.data_dir = cfg.data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', cfg.dataset)
-    return cfg
+    return cfg, ckpt
+
+
+def saved_config(ckpt):
+    """The configuration a checkpoint's run was given, less what this machine decides again: device, dtype and
+    compile ('auto' and None resolve anew), data_dir where it was the dataset's default folder."""
+    saved = ckpt.get('config') if isinstance(ckpt.get('config'), dict) else {}
+    saved = {k: v for k, v in saved.items() if k in DEFAULTS and k not in ('init_from', 'overwrite', 'device', 'dtype',
+                                                                           'compile')}
+    default_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', str(saved.get('dataset')))
+    if saved.get('data_dir') == default_dir:
+        saved['data_dir'] = ''
+    return saved
 
 
 def check_config(cfg):
@@ -155,6 +177,10 @@ def check_config(cfg):
             import wandb  # noqa: F401
         except ImportError:
             fail("wandb_log=True needs wandb: pip install wandb")
+    if cfg.init_from != 'resume' and not cfg.eval_only and not cfg.overwrite \
+            and os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt')):
+        fail(f"out_dir '{cfg.out_dir}' holds the ckpt.pt of an earlier run: continue it with --init_from=resume, "
+             f"choose another --out_dir, or replace it with --overwrite=True")
     try:  # now, so that a bad out_dir fails before anything runs
         os.makedirs(cfg.out_dir, exist_ok=True)
         tempfile.TemporaryFile(dir=cfg.out_dir).close()
@@ -266,19 +292,17 @@ def open_data(cfg):
 # -----------------------------------------------------------------------------
 # model
 
-def init_model(cfg, meta):
+def init_model(cfg, meta, ckpt):
     """The model to train, on the CPU, as cfg.init_from asks: new weights, the run in out_dir/ckpt.pt, or
-    OpenAI's GPT-2; with the checkpoint it came from (or None) and its tokenizer."""
+    OpenAI's GPT-2 (ckpt: the checkpoint read_config loaded to resume); with its tokenizer."""
     if cfg.init_from == 'scratch':
         if cfg.vocab_size is None:
             cfg.vocab_size = 50304 if meta['tokenizer'].get('name') == 'gpt2' else meta['vocab_size']
         torch.manual_seed(cfg.seed)  # every rank builds the same weights (FSDP shards them where they are)
-        model, ckpt, tokenizer = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS})), None, meta['tokenizer']
+        model, tokenizer = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS})), meta['tokenizer']
     elif cfg.init_from == 'resume':
-        path = os.path.join(cfg.out_dir, 'ckpt.pt')
         try:
-            ckpt = load_checkpoint(path, mmap=True)
-            tokenizer = checkpoint_tokenizer(ckpt, path)
+            tokenizer = checkpoint_tokenizer(ckpt, os.path.join(cfg.out_dir, 'ckpt.pt'))
         except UserError as e:
             fail(str(e))
         adopt_model_config(cfg, ckpt['model_args'], f"the checkpoint in '{cfg.out_dir}'")
@@ -301,13 +325,13 @@ def init_model(cfg, meta):
         except UserError as e:
             fail(f"init_from={cfg.init_from!r}: {e}")
         adopt_model_config(cfg, asdict(model.config), f"init_from={cfg.init_from!r}")
-        ckpt, tokenizer = None, {'name': 'gpt2'}
+        tokenizer = {'name': 'gpt2'}
     if tokenizer != meta['tokenizer']:
         fail(f"the model's tokenizer ({tokenizer.get('name')}) is not the data's ({meta['tokenizer'].get('name')}, "
              f"'{cfg.data_dir}/meta.json')")
     if cfg.vocab_size < meta['vocab_size']:
         fail(f"vocab_size={cfg.vocab_size} is smaller than the data's vocabulary ({meta['vocab_size']})")
-    return model, ckpt, tokenizer
+    return model, tokenizer
 
 
 def adopt_model_config(cfg, loaded, what):
@@ -399,7 +423,8 @@ def all_ranks_mean(values, distributed):
 @torch.no_grad()
 def estimate_loss(model, datasets, cfg, ctx, device, rank, world_size):
     """Mean loss of each split over the same eval_iters batches at every eval, dealt out to the ranks (rounded
-    up to a multiple of the world size: under FSDP every rank must run the same number of forwards)."""
+    up to a multiple of the world size: under FSDP every rank must run the same number of forwards). None when
+    a signal asks to stop: the ranks agree on it after every batch, so a long eval never delays a stop."""
     model.eval()
     per_rank = math.ceil(cfg.eval_iters / world_size)
     out = {}
@@ -412,6 +437,9 @@ def estimate_loss(model, datasets, cfg, ctx, device, rank, world_size):
             with ctx:
                 _, loss = model(x, y)
             losses[k] = loss.float()
+            if all_ranks_mean(torch.tensor([float(bool(STOP_SIGNALS))], device=device), world_size > 1)[0]:
+                model.train()
+                return None
         out[split] = all_ranks_mean(losses.mean().reshape(1), world_size > 1)[0]
     model.train()
     return out
@@ -426,47 +454,86 @@ def clip_gradients(model, optimizer, scaler, grad_clip):
     return norm.full_tensor() if hasattr(norm, 'full_tensor') else norm  # FSDP: a DTensor
 
 
-def save_run(cfg, model, optimizer, iter_num, best_val_loss, tokenizer):
+def save_run(cfg, model, optimizer, iter_num, best_val_loss, tokenizer, distributed):
     """out_dir/ckpt.pt (checkpoint.py) with the full model and optimizer state as plain CPU tensors, keyed by
     GPT's parameter names whatever the wrapping. Every rank must call this: under FSDP the full state is
-    gathered from all of them. Rank 0 writes."""
+    gathered from all of them. Rank 0 writes; a failed write (a full disk) stops every rank with one line."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     ckpt = {'model': get_model_state_dict(model, options=options),
             'optimizer': get_optimizer_state_dict(model, optimizer, options=options),
             'model_args': asdict(model.config), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
             'config': vars(cfg), 'tokenizer': tokenizer}
+    error = ''
     if MASTER:
-        save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), ckpt)
+        try:
+            save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), ckpt)
+        except OSError as e:
+            error = f"could not write {cfg.out_dir}/ckpt.pt ({e.strerror or e}); the previous one is left as it was"
+    if all_ranks_mean(torch.tensor([float(bool(error))], device=device_of(model)), distributed)[0]:
+        stop_with_error(error, distributed)
+
+
+def weights_problem(model, loss, distributed):
+    """Why these weights must not be saved (a non-finite loss or weight, on any rank), or None."""
+    local = (p.to_local() if hasattr(p, 'to_local') else p for p in model.parameters())  # FSDP: this rank's shard
+    finite = math.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in local)
+    if all_ranks_mean(torch.tensor([float(finite)], device=device_of(model)), distributed)[0] < 1:
+        return f"the weights give a loss of {loss}" if not math.isfinite(loss) else "a weight is not finite"
+    return None
+
+
+def device_of(model):
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def batch_loss(model, x, y, ctx):
+    """The loss of one batch in eval mode: a check of weights no eval has seen yet."""
+    model.eval()
+    with ctx:
+        _, loss = model(x, y)
+    model.train()
+    return loss.item()
 
 
 def record(log_file, entry, cfg):
-    """One line of out_dir/log.jsonl (rank 0), and the same to Weights & Biases when wandb_log."""
+    """One line of out_dir/log.jsonl (rank 0), and the same to Weights & Biases when wandb_log. The file is
+    only appended to, a whole line at a time: a full disk leaves no torn line behind."""
     if MASTER:
-        log_file.write(json.dumps(entry) + '\n')
-        log_file.flush()
-        if cfg.wandb_log:
+        line, size = (json.dumps(entry) + '\n').encode(), os.fstat(log_file).st_size
+        try:
+            if os.write(log_file, line) != len(line):
+                raise OSError(28, 'No space left on device')
+        except OSError as e:
+            os.ftruncate(log_file, size)
+            fail(f"could not write {cfg.out_dir}/log.jsonl ({e.strerror or e})")
+        if cfg.wandb_log and 'event' not in entry:
             import wandb
             wandb.log(entry, step=entry['iter'])
 
 
-STOP_SIGNALS = []  # the signals received: SIGINT or SIGTERM asks the run to stop after the current step
+STOP_SIGNALS = []  # SIGINT or SIGTERM: save and stop after the current step (or eval batch)
 
 
 def request_stop(signum, frame):
+    """A job cancel signals every process and torchrun forwards one more to each worker, so two requests can be four
+    signals. A fifth before the run could act on them (a step that never ends) stops it at once."""
     STOP_SIGNALS.append(signum)
-    signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C stops at once
+    if len(STOP_SIGNALS) >= 5:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
 
 # -----------------------------------------------------------------------------
 
 def main(argv=None):
-    cfg = read_config(argv)
+    cfg, ckpt = read_config(argv)
     distributed, rank, world_size, device = setup_distributed(cfg)
     micro_steps = cfg.gradient_accumulation_steps // world_size  # this rank's share of each step
 
     # data and model
     meta, datasets = open_data(cfg)
-    raw_model, ckpt, tokenizer = init_model(cfg, meta)  # raw_model: GPT's own names, for checkpoints and AdamW
+    raw_model, tokenizer = init_model(cfg, meta, ckpt)  # raw_model: GPT's own names, for checkpoints and AdamW
     iter_num = ckpt.get('iter_num', 0) if ckpt else 0
     best_val_loss = ckpt.get('best_val_loss', float('inf')) if ckpt else float('inf')
     n_params = sum(p.numel() for p in raw_model.parameters()) - (0 if cfg.rope else raw_model.transformer.wpe.weight.numel())
@@ -487,8 +554,8 @@ def main(argv=None):
     ctx = nullcontext() if cfg.dtype == 'float32' else torch.autocast(device.type, dtype=getattr(torch, cfg.dtype))
 
     # logging, and SIGINT/SIGTERM (Ctrl-C, a preemption notice): finish the step, save, exit 0
-    log_file = open(os.path.join(cfg.out_dir, 'log.jsonl'), 'a' if cfg.init_from == 'resume' or cfg.eval_only else 'w') \
-        if MASTER else None
+    log_file = os.open(os.path.join(cfg.out_dir, 'log.jsonl'), os.O_WRONLY | os.O_CREAT | os.O_APPEND) if MASTER else None
+    record(log_file, {'iter': iter_num, 'event': 'start', 'init_from': cfg.init_from, 'time': time.time()}, cfg)
     if cfg.wandb_log and MASTER:
         import wandb
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
@@ -497,21 +564,30 @@ def main(argv=None):
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     peak = device_peak_flops(cfg, device)
     saved_iter = iter_num  # the iteration of the weights in ckpt.pt, or of those we started from
+    kept = f"ckpt.pt is left as it was (saved at iteration {iter_num})" if cfg.init_from == 'resume' else \
+        "no checkpoint was written"
+    stop = False
     try:
         while True:
             # evaluate, and save a checkpoint
             if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
                 losses = estimate_loss(model, datasets, cfg, ctx, device, rank, world_size)
+                if losses is None:  # a signal: save below
+                    stop = True
+                    break
                 log(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
                 record(log_file, {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val']}, cfg)
                 if not math.isfinite(losses['val']):
-                    stop_with_error(f"val loss is {losses['val']} at iteration {iter_num}; ckpt.pt is left as it was",
-                                    distributed)
+                    stop_with_error(f"val loss is {losses['val']} at iteration {iter_num}; {kept}", distributed)
                 improved = losses['val'] < best_val_loss
                 best_val_loss = min(best_val_loss, losses['val'])
                 if (improved or cfg.always_save_checkpoint) and iter_num > saved_iter and not cfg.eval_only:
-                    save_run(cfg, raw_model, optimizer, iter_num, best_val_loss, tokenizer)
+                    problem = weights_problem(raw_model, losses['val'], distributed)
+                    if problem:
+                        stop_with_error(f"{problem} at iteration {iter_num}; {kept}", distributed)
+                    save_run(cfg, raw_model, optimizer, iter_num, best_val_loss, tokenizer, distributed)
                     saved_iter = iter_num
+                    kept = f"ckpt.pt is left as it was (saved at iteration {iter_num})"
                     log(f"saved {cfg.out_dir}/ckpt.pt at iteration {iter_num}")
             if iter_num >= cfg.max_iters or cfg.eval_only:
                 break
@@ -521,11 +597,12 @@ def main(argv=None):
             lr = get_lr(iter_num, cfg)
             for group in optimizer.param_groups:
                 group['lr'] = lr
-            torch.manual_seed(hash((cfg.seed, iter_num, rank)) % 2**63)  # dropout masks too depend on the step only
             offsets = draw_offsets(cfg.seed, 0, iter_num, (cfg.gradient_accumulation_steps, cfg.batch_size),
                                    len(datasets['train']))
             loss_sum = torch.zeros((), device=device)
             for micro_step, batch_offsets in enumerate(offsets[rank * micro_steps:(rank + 1) * micro_steps]):
+                # dropout masks depend on (seed, step, micro-batch) alone, so any world size gives the same losses
+                torch.manual_seed(hash((cfg.seed, iter_num, rank * micro_steps + micro_step)) % 2**63)
                 x, y = datasets['train'].batch(batch_offsets, device)
                 with grad_sync(model, micro_step == micro_steps - 1):
                     with ctx:
@@ -541,8 +618,7 @@ def main(argv=None):
             stats = torch.stack([loss_sum / micro_steps, torch.tensor(float(bool(STOP_SIGNALS)), device=device)])
             loss_value, stop = all_ranks_mean(stats, distributed)
             if not math.isfinite(loss_value):
-                stop_with_error(f"loss is {loss_value} at iteration {iter_num}; ckpt.pt is left as it was "
-                                f"(saved at iteration {saved_iter})", distributed)
+                stop_with_error(f"loss is {loss_value} at iteration {iter_num}; {kept}", distributed)
 
             # the log line
             dt = time.time() - t0
@@ -556,14 +632,28 @@ def main(argv=None):
                                   'grad_norm': None if grad_norm is None else grad_norm.item()}, cfg)
             iter_num += 1
             if stop:
-                save_run(cfg, raw_model, optimizer, iter_num, best_val_loss, tokenizer)
-                log(f"stopped by a signal: saved {cfg.out_dir}/ckpt.pt at iteration {iter_num}")
                 break
+
+        # stopped by a signal: save the step reached, if its weights are sound; more signals would only cut that short
+        if stop:
+            for s in previous_handlers:
+                signal.signal(s, signal.SIG_IGN)
+        if stop and iter_num > saved_iter:
+            x, y = datasets['train'].batch(draw_offsets(cfg.seed, 0, iter_num, (1, cfg.batch_size),
+                                                        len(datasets['train']))[0], device)
+            problem = weights_problem(raw_model, batch_loss(model, x, y, ctx), distributed)
+            if problem:
+                stop_with_error(f"stopped by a signal, but {problem} at iteration {iter_num}; {kept}", distributed)
+            save_run(cfg, raw_model, optimizer, iter_num, best_val_loss, tokenizer, distributed)
+            log(f"stopped by a signal: saved {cfg.out_dir}/ckpt.pt at iteration {iter_num}")
+        elif stop:
+            log(f"stopped by a signal at iteration {iter_num}: ckpt.pt already holds it")
     finally:
         for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
+            if not stop:  # a stopping run ignores signals until it has exited
+                signal.signal(s, handler)
         if MASTER:
-            log_file.close()
+            os.close(log_file)
     shutdown(distributed)
 
 
