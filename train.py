@@ -32,6 +32,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, auto_device, auto_dtype, exit_with_error, load_config
+from hellaswag import HellaSwagError, evaluate as eval_hellaswag, load as load_hellaswag
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -42,6 +43,7 @@ eval_interval = 2000
 log_interval = 1
 eval_iters = 200  # batches per split at each eval, over all ranks
 eval_only = False  # evaluate once, then exit
+hellaswag = False  # each eval also scores HellaSwag's 10,042 val examples (acc_norm; hellaswag.py)
 always_save_checkpoint = True  # False: save at an eval only when val loss improves
 init_from = 'scratch'  # 'scratch', 'resume' (out_dir/ckpt.pt), or a GPT-2 name ('gpt2', 'gpt2-medium', ...) or path
 # wandb logging (optional: pip install wandb)
@@ -394,6 +396,10 @@ def main(argv=None):
     model, ckpt, tokenizer = build_model(cfg, meta)
     iter_num = ckpt.get('iter_num', 0) if ckpt else 0
     best_val_loss = ckpt.get('best_val_loss', float('inf')) if ckpt else float('inf')
+    try:  # every rank reads (or downloads once) the examples now, before any process waits on another
+        hellaswag_examples = load_hellaswag(tokenizer, cfg.block_size) if cfg.hellaswag else None
+    except (HellaSwagError, OSError) as e:
+        fail(f"hellaswag=True: {e}")
     n_params = sum(p.numel() for p in model.parameters()) - (0 if cfg.rope else model.transformer.wpe.weight.numel())
     flops_token = flops_per_token(model.config, n_params)
     try:  # now, so that a bad out_dir fails before anything runs
@@ -478,8 +484,12 @@ def main(argv=None):
         while True:
             if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
                 losses = estimate_loss(model, datasets, cfg, ctx, device, rank, world_size)
-                log(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                record({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val']})
+                hella = eval_hellaswag(model, hellaswag_examples, device, ctx, rank, world_size)['acc_norm'] \
+                    if cfg.hellaswag else None
+                log(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                    + (f", hellaswag {hella:.4f}" if cfg.hellaswag else ""))
+                record({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
+                        **({'hellaswag': hella} if cfg.hellaswag else {})})
                 if not math.isfinite(losses['val']):
                     stop_with_error(f"val loss is {losses['val']} at iteration {iter_num}; ckpt.pt is left as it was")
                 improved = losses['val'] < best_val_loss
