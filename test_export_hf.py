@@ -56,9 +56,10 @@ def test_transformers_opens_it_with_the_same_logits_and_greedy_tokens(exported):
     assert type(hf) is cls
     with torch.no_grad():  # 24 positions: past every window
         torch.testing.assert_close(hf(IDX).logits, model(IDX)[0], atol=1e-4, rtol=0)
-        prompt = IDX[:1, :4]
+        prompt = torch.tensor([[0, 5, 0, 9]])  # token 0 in the prompt: transformers must not take it for padding
         ours = model.generate(prompt, max_new_tokens=20, temperature=0)
-        theirs = hf.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0)
+        theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20, do_sample=False,
+                             pad_token_id=0)
     assert torch.equal(ours, theirs)
 
 
