@@ -31,14 +31,15 @@ C_ATTN = "transformer.h.N.attn.c_attn"
 QKV = tuple(f"model.layers.N.self_attn.{p}_proj" for p in "qkv")
 
 
-def _rename(name, table):
-    """name through table (module names with N for the layer), or None when its module is not in the table."""
+def split_name(name):
+    """'transformer.h.3.ln_1.weight' -> ('transformer.h.N.ln_1', 3, 'weight'); layer None outside the blocks."""
     module, _, leaf = name.rpartition(".")
-    layer = re.search(r"\.(\d+)\.", module + ".")
-    key = module.replace(f".{layer.group(1)}", ".N", 1) if layer else module
-    if key not in table:
-        return None
-    return table[key].replace(".N", f".{layer.group(1)}", 1) + "." + leaf if layer else table[key] + "." + leaf
+    m = re.search(r"\.(\d+)(?=\.|$)", module)
+    return (module[:m.start()] + ".N" + module[m.end():], int(m.group(1)), leaf) if m else (module, None, leaf)
+
+
+def join_name(module, layer, leaf):
+    return (module if layer is None else module.replace(".N", f".{layer}", 1)) + "." + leaf
 
 
 def gpt2_tensors(sd, config):
@@ -55,11 +56,12 @@ def starcoder2_tensors(sd, config):
     hd, nkv = config.n_embd // config.n_head, config.n_kv_head if config.gqa else config.n_head
     out = {}
     for name, t in sd.items():
-        if _rename(name, {C_ATTN: C_ATTN}):  # rows [q | k | v]
+        module, layer, leaf = split_name(name)
+        if module == C_ATTN:  # rows [q | k | v]
             for part, rows in zip(QKV, t.split([config.n_head * hd, nkv * hd, nkv * hd])):
-                out[_rename(name, {C_ATTN: part})] = rows.contiguous()
+                out[join_name(part, layer, leaf)] = rows.contiguous()
         elif name != "lm_head.weight":
-            out[_rename(name, STARCODER2)] = t
+            out[join_name(STARCODER2[module], layer, leaf)] = t
     return out
 
 
@@ -76,16 +78,14 @@ def from_starcoder2(tensors, use_bias):
     inverse = {v: k for k, v in STARCODER2.items()}
     sd, parts = {}, {}
     for name, t in tensors.items():
-        part = next((i for i, p in enumerate(QKV) if _rename(name, {p: C_ATTN})), None)
-        if part is not None:
-            parts.setdefault(_rename(name, {QKV[part]: C_ATTN}), [None] * 3)[part] = t
+        module, layer, leaf = split_name(name)
+        if module in QKV:
+            parts.setdefault(join_name(C_ATTN, layer, leaf), [None] * 3)[QKV.index(module)] = t
+        elif module in inverse:
+            sd[join_name(inverse[module], layer, leaf)] = t
         elif name != "lm_head.weight":
-            sd[_rename(name, inverse) or name] = t  # an unknown name stays: build_model lists it as unexpected
-    for name, qkv in parts.items():
-        if None in qkv:
-            sd[f"{name} ({QKV[qkv.index(None)].rpartition('.')[2]} missing)"] = torch.zeros(0)
-        else:
-            sd[name] = torch.cat(qkv)
+            sd[name] = t  # a name not in the table: build_model lists it as unexpected
+    sd.update({name: torch.cat(qkv) for name, qkv in parts.items() if None not in qkv})  # else: c_attn missing
     if not use_bias:
         sd = {**{k.replace(".weight", ".bias"): torch.zeros(t.shape[0]) for k, t in sd.items()
                  if re.search(r"\.(c_attn|c_proj|c_fc)\.weight$", k)}, **sd}

@@ -125,3 +125,22 @@ def test_command_line_exports_a_checkpoint(tmp_path, capsys):
         export_hf.main([f"--out_dir={tmp_path}", f"--hf_dir={tmp_path / 'swa'}"])
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.startswith("error: swa=True without rope") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_load_gpt2_reads_a_starcoder2_saved_by_transformers(tmp_path, use_bias):
+    from transformers import Starcoder2Config
+    torch.manual_seed(0)
+    hf = Starcoder2ForCausalLM(Starcoder2Config(
+        vocab_size=len(ITOS), hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=24, sliding_window=6, use_bias=use_bias,
+        rope_parameters={"rope_type": "default", "rope_theta": 300.0})).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0.0, 0.3)  # LayerNorm biases too: with use_bias=False the Linears get zero ones here
+    hf.save_pretrained(tmp_path)
+    model = load_gpt2(str(tmp_path)).eval()
+    c = model.config
+    assert (c.rope, c.rope_theta, c.gqa, c.n_kv_head, c.swa, c.window_size, c.bias) == (True, 300.0, True, 2, True, 6, True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDX)[0], hf(IDX).logits, atol=1e-4, rtol=0)
