@@ -15,6 +15,7 @@ back with. Weights are written as safetensors by write_safetensors below (no pic
 the tokenizer: GPT-2's BPE files (vocab.json, merges.txt), or a character vocabulary in char_vocab.json.
 """
 
+import dataclasses
 import json
 import os
 
@@ -89,7 +90,6 @@ def hf_layout(model):
     if config.rope:
         return hf_names.starcoder2_tensors(sd, config), hf_names.starcoder2_config(config)
     if config.gqa:
-        import dataclasses
         sd, config = expand_kv_heads(sd, config), dataclasses.replace(config, gqa=False)
     return hf_names.gpt2_tensors(sd, config), hf_names.gpt2_config(config)
 
@@ -99,7 +99,12 @@ def write_tokenizer(spec, hf_dir, block_size):
     if spec.get("name") == "gpt2":
         from tiktoken.load import read_file_cached
         for filename, (url, sha256) in GPT2_BPE.items():
-            write_file(os.path.join(hf_dir, filename), read_file_cached(url, sha256))
+            try:
+                data = read_file_cached(url, sha256)
+            except Exception as e:  # no network and no cache, or a corrupt file: tiktoken raises many kinds
+                raise ExportError(f"GPT-2's tokenizer file {url} could not be read ({str(e).splitlines()[0][:200]}); "
+                                  f"tiktoken downloads it once, or reads it from $TIKTOKEN_CACHE_DIR") from None
+            write_file(os.path.join(hf_dir, filename), data)
         eot = "<|endoftext|>"
         tokenizer_config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": block_size, "bos_token": eot,
                             "eos_token": eot, "unk_token": eot, "add_prefix_space": False, "add_bos_token": False}
@@ -121,10 +126,10 @@ def export(model, tokenizer_spec, hf_dir):
     if tokenizer_spec.get("name") == "gpt2":
         hf_config.update(bos_token_id=50256, eos_token_id=50256)
     os.makedirs(hf_dir, exist_ok=True)
+    files = write_tokenizer(tokenizer_spec, hf_dir, model.config.block_size)  # first: it may fail offline
     write_safetensors(os.path.join(hf_dir, "model.safetensors"), tensors, metadata={"format": "pt"})
     write_file(os.path.join(hf_dir, "config.json"), json.dumps(hf_config, indent=2).encode())
-    files = ["config.json", "model.safetensors"] + write_tokenizer(tokenizer_spec, hf_dir, model.config.block_size)
-    return hf_config["architectures"][0], files
+    return hf_config["architectures"][0], ["config.json", "model.safetensors"] + files
 
 
 def main(argv=None):

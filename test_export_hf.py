@@ -144,3 +144,14 @@ def test_load_gpt2_reads_a_starcoder2_saved_by_transformers(tmp_path, use_bias):
     assert (c.rope, c.rope_theta, c.gqa, c.n_kv_head, c.swa, c.window_size, c.bias) == (True, 300.0, True, 2, True, 6, True)
     with torch.no_grad():
         torch.testing.assert_close(model(IDX)[0], hf(IDX).logits, atol=1e-4, rtol=0)
+
+
+def test_gpt2_tokenizer_files_that_cannot_be_had_are_one_clear_error(tmp_path, monkeypatch):
+    import tiktoken.load
+
+    def offline(url, expected_hash=None):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(tiktoken.load, "read_file_cached", offline)
+    with pytest.raises(export_hf.ExportError, match=r"encoder.json could not be read \(no network\).*TIKTOKEN_CACHE_DIR"):
+        export_hf.export(tiny({}), {"name": "gpt2"}, str(tmp_path))
+    assert not (tmp_path / "model.safetensors").exists()
