@@ -17,6 +17,8 @@ Top to bottom:
   wte. GPT-2's Conv1D keeps its weight as (in, out), nn.Linear as (out, in), so those are transposed.
 - apply_overrides: dropout, an inference-time sliding window, GQA made by mean-pooling key/value heads,
   a shorter block_size.
+- Directories export_hf.py writes are read back through the same name table (hf_names.py): Starcoder2 ones
+  (model_type starcoder2: a model with rope) too. Biases that are all zero load as bias=False.
 - fetch: `openai-community/<name>` from the Hugging Face hub into its cache (download.py: resumed, verified).
 """
 
@@ -31,6 +33,7 @@ import sys
 import requests
 import torch
 
+import hf_names
 from checkpoint import save_checkpoint
 from configurator import UserError, exit_with_error, load_config
 from download import DownloadError, check_file, download, find_cached, remote_info, repo_dir, short
@@ -58,8 +61,16 @@ def load_gpt2(name_or_path, **overrides):
         if name_or_path in NAMES:  # a bad file in the cache would fail every run without a request
             raise LoadError(f"{e}; delete {os.path.dirname(path)} to download {name_or_path} afresh") from None
         raise
-    sd = gpt2_state_dict(tensors, path)
-    sd, config = apply_overrides(sd, gpt2_config(sd, hf_config, path), overrides, source="GPT-2")
+    if hf_config.get("model_type") == "starcoder2":  # what export_hf.py writes for a model with rope
+        sd, bias = hf_names.bias_free(hf_names.from_starcoder2(tensors, hf_config.get("use_bias", True)))
+        try:
+            config = hf_names.config_from_starcoder2(hf_config, bias)
+        except (KeyError, ValueError) as e:
+            raise LoadError(f"{path}: Starcoder2 {type(e).__name__}: {e}") from None
+    else:
+        sd, bias = hf_names.bias_free(gpt2_state_dict(tensors, path))  # zero biases: bias=False (export_hf.py)
+        config = dataclasses.replace(gpt2_config(sd, hf_config, path), bias=bias)
+    sd, config = apply_overrides(sd, config, overrides, source="GPT-2")
     return gpt_from_state_dict(sd, config, path)
 
 
@@ -146,7 +157,7 @@ def read_json(path):
 # ----------------------------------------------------------------------------------------------------
 # Hugging Face GPT-2 -> model.GPT
 
-CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+CONV1D_WEIGHTS = hf_names.GPT2_CONV1D
 MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")  # not ".attn.c_attn.bias", which is a weight
 # config.json values that model.GPT implements: another value would change the outputs silently
 GPT2_FIXED = {"model_type": ("gpt2",), "activation_function": ("gelu_new", "gelu_pytorch_tanh"),

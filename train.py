@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import checkpoint_tokenizer, load_checkpoint, save_checkpoint
 from configurator import UserError, exit_with_error, load_config, pick_device, pick_dtype
+from hellaswag import HellaSwagError, evaluate as eval_hellaswag, load as load_hellaswag
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -43,6 +44,7 @@ eval_interval = 2000
 log_interval = 1
 eval_iters = 200  # batches per split at each eval, over all ranks
 eval_only = False  # evaluate once, then exit
+hellaswag = False  # each eval also scores HellaSwag's 10,042 val examples (acc_norm; hellaswag.py)
 always_save_checkpoint = True  # False: save at an eval only when val loss improves
 overwrite = False  # True: a new run (init_from other than 'resume') may replace the ckpt.pt already in out_dir
 init_from = 'scratch'  # 'scratch', 'resume' (out_dir/ckpt.pt), or a GPT-2 name ('gpt2', 'gpt2-medium', ...) or path
@@ -536,6 +538,10 @@ def main(argv=None):
     raw_model, tokenizer = init_model(cfg, meta, ckpt)  # raw_model: GPT's own names, for checkpoints and AdamW
     iter_num = ckpt.get('iter_num', 0) if ckpt else 0
     best_val_loss = ckpt.get('best_val_loss', float('inf')) if ckpt else float('inf')
+    try:  # every rank reads (or downloads once) the examples now
+        hellaswag_examples = load_hellaswag(tokenizer, cfg.block_size) if cfg.hellaswag else None
+    except (HellaSwagError, OSError) as e:
+        fail(f"hellaswag=True: {e}")
     n_params = sum(p.numel() for p in raw_model.parameters()) - (0 if cfg.rope else raw_model.transformer.wpe.weight.numel())
     flops_token = flops_per_token(raw_model.config, n_params)
     mode = f"{cfg.parallel} under torchrun, world size {world_size}" if distributed else "one process, world size 1"
@@ -575,8 +581,12 @@ def main(argv=None):
                 if losses is None:  # a signal: save below
                     stop = True
                     break
-                log(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                record(log_file, {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val']}, cfg)
+                hella = eval_hellaswag(model, hellaswag_examples, device, ctx, rank, world_size)['acc_norm'] \
+                    if cfg.hellaswag else None
+                log(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                    + (f", hellaswag {hella:.4f}" if cfg.hellaswag else ""))
+                record(log_file, {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
+                                  **({'hellaswag': hella} if cfg.hellaswag else {})}, cfg)
                 if not math.isfinite(losses['val']):
                     stop_with_error(f"val loss is {losses['val']} at iteration {iter_num}; {kept}", distributed)
                 improved = losses['val'] < best_val_loss
