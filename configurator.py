@@ -19,8 +19,11 @@ as one line and exit 1 (`exit_with_error`), never as a traceback.
 
 import ast
 import difflib
+import glob
+import io
 import os
 import sys
+import tokenize
 
 import torch
 
@@ -39,11 +42,13 @@ def exit_with_error(message):
     sys.exit(1)
 
 
-def _literal(text):
+def _literal(text, key):
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text  # a bare word such as gpt2 or cuda:1 is a string
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"the value of '{key}' is nested too deeply to read") from None
 
 
 def _check(key, value, defaults, where):
@@ -65,13 +70,21 @@ def _check(key, value, defaults, where):
 def read_config_file(path, defaults):
     """The assignments of a config file, checked against defaults."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file '{path}' not found")
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
+        near = glob.glob(os.path.join(os.path.dirname(path) or ".", "*.py"))
+        near += glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "*.py"))
+        close = difflib.get_close_matches(path, [os.path.relpath(p) for p in near], n=1, cutoff=0.6)
+        raise ConfigError(f"config file '{path}' not found" + (f" (did you mean '{close[0]}'?)" if close else ""))
     try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
         tree = ast.parse(source, filename=path)
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not text (not UTF-8): a config file holds 'name = literal' lines") \
+            from None
     except SyntaxError as e:
         raise ConfigError(f"{path}:{e.lineno}: not valid Python: {e.msg}") from None
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"config file '{path}' is nested too deeply to read") from None
     values = {}
     for node in tree.body:
         where = f"{path}:{node.lineno}: "
@@ -81,6 +94,8 @@ def read_config_file(path, defaults):
             raise ConfigError(f"{where}a config file may only hold 'name = literal' assignments")
         try:
             value = ast.literal_eval(node.value)
+        except (RecursionError, MemoryError):
+            raise ConfigError(f"{where}the value of '{node.targets[0].id}' is nested too deeply to read") from None
         except ValueError:
             raise ConfigError(f"{where}the value of '{node.targets[0].id}' is not a literal "
                               f"(a config file cannot run code)") from None
@@ -99,17 +114,34 @@ def load_config(defaults, argv=None):
             key, eq, text = arg[2:].partition("=")
             if not eq:
                 raise ConfigError(f"'{arg}' needs a value: write --{key}=VALUE")
-            config[key] = _check(key, _literal(text), defaults, "")
+            config[key] = _check(key, _literal(text, key), defaults, "")
         else:
             config.update(read_config_file(arg, defaults))
     return config
 
 
 def print_help(defaults):
-    script = os.path.basename(sys.argv[0])
-    print(f"usage: python {script} [config_file.py ...] [--key=value ...]\n\nkeys and their defaults:")
+    """Every key with its default and the comment written beside it in the script, one line each."""
+    script = sys.argv[0]
+    comments = default_comments(script) if script.endswith(".py") and os.path.isfile(script) else {}
+    print(f"usage: python {os.path.basename(script)} [config_file.py ...] [--key=value ...]\n\nkeys and their defaults:")
+    width = max(len(f"--{key}={value!r}") for key, value in defaults.items())
     for key, value in defaults.items():
-        print(f"  --{key}={value!r}")
+        setting = f"--{key}={value!r}"
+        print(f"  {setting:<{width}}  {comments[key]}" if key in comments else f"  {setting}")
+
+
+def default_comments(path):
+    """{key: the comment at the end of the line that sets its default} in a script's source."""
+    with open(path, encoding="utf-8") as f:
+        tokens = list(tokenize.generate_tokens(io.StringIO(f.read()).readline))
+    comments, line_key = {}, {}
+    for i, tok in enumerate(tokens[:-1]):
+        if tok.type == tokenize.NAME and tokens[i + 1].string == "=" and tok.start[0] not in line_key:
+            line_key[tok.start[0]] = tok.string  # the first `name =` of a line
+        elif tok.type == tokenize.COMMENT and tok.start[0] in line_key:
+            comments.setdefault(line_key[tok.start[0]], tok.string.lstrip("# "))
+    return comments
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

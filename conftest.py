@@ -24,7 +24,8 @@ def gpt2_bpe_cached():
 def gpt2_bpe():
     """Skip (with the reason) when GPT-2's BPE files are not in tiktoken's cache; in CI that is a failure."""
     if not gpt2_bpe_cached():
-        reason = "GPT-2's BPE files are not in tiktoken's cache (prime it with ../shared/data/prime_tiktoken_cache.sh)"
+        reason = ("GPT-2's BPE files are not in tiktoken's cache: fill it once with network, "
+                  "python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\"")
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)

@@ -109,10 +109,12 @@ def read_safetensors(path):
             continue
         try:
             dtype, shape, (begin, end) = SAFETENSORS_DTYPES[info["dtype"]], list(info["shape"]), info["data_offsets"]
+            if not all(type(v) is int and v >= 0 for v in shape + [begin, end]):  # no bool, float or negative
+                raise ValueError
             numel, span = math.prod(shape), end - begin
         except (KeyError, TypeError, ValueError):
             raise LoadError(f"{path}: tensor '{name}' has a corrupt entry or a dtype other than "
-                            f"{', '.join(SAFETENSORS_DTYPES)}: {info}") from None
+                            f"{', '.join(SAFETENSORS_DTYPES)}: {str(info)[:200]}") from None
         if span != numel * dtype.itemsize or begin < 0 or data_start + end > file_size:
             raise LoadError(f"{path} is truncated or corrupt: tensor '{name}' {shape} {info['dtype']} needs "
                             f"bytes {begin:,}..{end:,} of a data section of {file_size - data_start:,}")
@@ -130,6 +132,9 @@ def read_hf_weights(path):
         elif os.path.isfile(index):  # a sharded save_pretrained
             files = sorted({os.path.join(path, f) for f in read_json(index).get("weight_map", {}).values()})
         else:
+            if os.path.isfile(os.path.join(path, "ckpt.pt")):
+                raise LoadError(f"{path} is a training run's folder (it holds ckpt.pt): use --init_from=resume "
+                                f"--out_dir={path}")
             raise LoadError(f"{path} holds no model.safetensors (pickled pytorch_model.bin files are not read)")
         config_path = os.path.join(path, "config.json")
     elif os.path.isfile(path):
@@ -371,10 +376,13 @@ def main(argv=None):
     print(model.config)
     if c["out"]:
         out = c["out"] if c["out"].endswith(".pt") else os.path.join(c["out"], "ckpt.pt")
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        save_checkpoint(out, {"model": model.state_dict(), "model_args": dataclasses.asdict(model.config),
-                              "optimizer": None, "iter_num": 0, "best_val_loss": 1e9,
-                              "config": {"init_from": name, **overrides}, "tokenizer": {"name": "gpt2"}})
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+            save_checkpoint(out, {"model": model.state_dict(), "model_args": dataclasses.asdict(model.config),
+                                  "optimizer": None, "iter_num": 0, "best_val_loss": 1e9,
+                                  "config": {"init_from": name, **overrides}, "tokenizer": {"name": "gpt2"}})
+        except OSError as e:
+            exit_with_error(f"cannot write {out} ({e.strerror or e})")
         print(f"wrote {out}")
 
 

@@ -27,15 +27,14 @@ from model import GPTConfig, column_major_weights_, generate_args_problem
 
 DEFAULTS = dict(
     init_from="gpt2",     # gpt2, gpt2-medium, gpt2-large, gpt2-xl, resume (out_dir/ckpt.pt), or a Hugging Face-format path
-    out_dir="out",
-    start="Hello, I'm a language model,",  # the prompt: text, or FILE:path. "" samples unconditionally: from
-                          # GPT-2's <|endoftext|> token, or a newline for a character-level model
-    num_samples=1,
-    max_new_tokens=200,
+    out_dir="out",        # with init_from=resume: the training run's folder, holding ckpt.pt
+    start=None,           # the prompt: text or FILE:path; None: GPT-2's default or a newline (characters); "": none
+    num_samples=1,        # several are generated as one batch
+    max_new_tokens=200,   # tokens to generate after the prompt
     temperature=0.8,      # 0 is greedy
     top_k=200,            # keep the k most likely tokens; None keeps all
     top_p=None,           # nucleus sampling, e.g. 0.9; None is off
-    seed=1337,
+    seed=1337,            # the same seed and options give the same text
     device="auto",        # auto: cuda, then mps, then cpu
     dtype="auto",         # float32, bfloat16 or float16; auto: bfloat16 on CUDA that supports it, else float32
     compile=False,        # torch.compile the model: slow to start, faster per token on a GPU
@@ -44,6 +43,7 @@ DEFAULTS = dict(
     swa=None, window_size=None, gqa=None, n_kv_head=None, block_size=None,
 )
 OVERRIDE_KEYS = ("swa", "window_size", "gqa", "n_kv_head", "block_size")
+MAX_PROMPT_CHARS = 1_000_000
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -74,17 +74,18 @@ class Tokenizer:
             try:
                 enc = tiktoken.get_encoding("gpt2")
             except Exception as e:  # tiktoken fetches its two files on first use
-                raise LoadError(f"GPT-2's BPE files could not be loaded ({short(e)}); tiktoken downloads them once "
-                                f"from openaipublic.blob.core.windows.net, or reads them from $TIKTOKEN_CACHE_DIR") from None
+                raise LoadError(f"GPT-2's BPE files could not be loaded ({short(e)}): tiktoken downloads them once from "
+                                f"openaipublic.blob.core.windows.net (run any GPT-2 command once with network), or "
+                                f"reads them from $TIKTOKEN_CACHE_DIR") from None
             self.pieces = [enc.decode_single_token_bytes(i) for i in range(enc.n_vocab)]
             self.encode = lambda text: enc.encode(text, allowed_special={"<|endoftext|>"})
-            self.empty_prompt = [enc.eot_token]
+            self.empty_prompt, self.default_prompt = [enc.eot_token], "Hello, I'm a language model,"
         elif name == "char" and isinstance(spec.get("itos"), list) and all(isinstance(c, str) for c in spec["itos"]):
             itos = spec["itos"]
             self.stoi = {c: i for i, c in enumerate(itos)}
             self.pieces = [c.encode("utf-8") for c in itos]
             self.encode = self.encode_chars
-            self.empty_prompt = [self.stoi.get("\n", 0)]
+            self.empty_prompt, self.default_prompt = [self.stoi.get("\n", 0)], "\n"  # as nanoGPT
         else:
             raise LoadError(f"unknown tokenizer {spec!r}: expected {{'name': 'gpt2'}} or {{'name': 'char', 'itos': [...]}}")
         self.vocab_size = len(self.pieces)
@@ -127,9 +128,11 @@ def prompt_ids(start, tokenizer, block_size):
     if start.startswith("FILE:"):
         try:
             with open(start[len("FILE:"):], encoding="utf-8") as f:
-                text = f.read()
+                text = f.read(MAX_PROMPT_CHARS + 1)  # a prompt is cropped to the context anyway: never read a device
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"start={start}: cannot read the prompt file ({e})") from None
+        if len(text) > MAX_PROMPT_CHARS:
+            raise ConfigError(f"start={start}: the prompt file holds more than {MAX_PROMPT_CHARS:,} characters")
         if not text:
             raise ConfigError(f"start={start}: the prompt file is empty (--start='' samples unconditionally)")
     ids = tokenizer.encode(text) if text else tokenizer.empty_prompt
@@ -162,8 +165,19 @@ def generate(model, tokenizer, ids, c, device):
 
 def sample(c):
     device, dtype = check_config(c)
-    model, spec = load_model(c)
-    tokenizer = Tokenizer(spec)
+    tokenizer, tokenizer_error = None, None
+    if c["init_from"] != "resume":  # GPT-2's tokenizer, before a download, so one message names all that is missing
+        try:
+            tokenizer = Tokenizer({"name": "gpt2"})
+        except LoadError as e:
+            tokenizer_error = e
+    try:
+        model, spec = load_model(c)
+    except UserError as e:
+        raise LoadError(f"{e}; also, {tokenizer_error}" if tokenizer_error else str(e)) from None
+    if tokenizer_error:
+        raise tokenizer_error
+    tokenizer = tokenizer or Tokenizer(spec)
     if model.config.vocab_size < tokenizer.vocab_size:
         raise LoadError(f"the model's vocab_size={model.config.vocab_size} is smaller than its tokenizer's "
                         f"{tokenizer.vocab_size} tokens: the two do not belong together")
@@ -172,7 +186,7 @@ def sample(c):
         column_major_weights_(model)  # faster one-token matrix-vector products on a CPU (see model.py)
     if c["compile"]:
         model.compile()  # compiles forward in place, so generate's calls use it
-    ids = prompt_ids(c["start"], tokenizer, model.config.block_size)
+    ids = prompt_ids(tokenizer.default_prompt if c["start"] is None else c["start"], tokenizer, model.config.block_size)
     # weights stay float32; matmuls run in the lower precision where dtype asks for it
     autocast = nullcontext() if dtype == "float32" else torch.autocast(device.type, dtype=DTYPES[dtype])
     print(f"{c['init_from']}: {sum(p.numel() for p in model.parameters()):,} parameters on {device} ({dtype})",

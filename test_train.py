@@ -172,7 +172,7 @@ def test_a_signal_finishes_the_step_saves_and_exits_zero(data_dir, tmp_path, sig
            *TINY, '--max_iters=100000', '--eval_interval=100000']
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # wait until training runs
-        if line.startswith('iter 3:'):
+        if line.startswith('iter 3/'):
             break
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
@@ -445,7 +445,7 @@ def test_a_signal_to_every_process_of_a_torchrun_job_saves(data_dir, tmp_path):
            '--gradient_accumulation_steps=2', '--max_iters=100000', '--eval_interval=100000', '--parallel=fsdp']
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    wait_for(proc, 'iter 3:')
+    wait_for(proc, 'iter 3/')
     signal_all([proc.pid] + worker_pids(proc.pid), signal.SIGTERM, rounds=1)
     out, err = proc.communicate(timeout=120)
     assert 'stopped by a signal: saved' in out, err[-3000:]
@@ -463,7 +463,7 @@ def test_twice_to_each_worker_still_saves_and_exits_zero(data_dir, tmp_path):
                                       MASTER_PORT=str(port)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
              for r in range(2)]
-    wait_for(procs[0], 'iter 3:')
+    wait_for(procs[0], 'iter 3/')
     for _ in range(2):
         signal_all([p.pid for p in procs] * 2, signal.SIGINT, rounds=1)
     outs = [p.communicate(timeout=120) for p in procs]
@@ -477,7 +477,7 @@ def test_a_signal_during_a_long_evaluation_acts_within_a_batch(data_dir, tmp_pat
     cmd = [sys.executable, os.path.join(HERE, 'train.py'), f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY,
            '--init_from=resume', '--max_iters=4', '--eval_interval=4', '--eval_iters=1000000']  # hours of eval
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(proc, 'iter 3:')
+    wait_for(proc, 'iter 3/')
     time.sleep(1.0)  # inside the eval at iteration 4
     start = time.time()
     proc.send_signal(signal.SIGTERM)

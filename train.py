@@ -39,9 +39,9 @@ from model import GPT, GPTConfig
 # -----------------------------------------------------------------------------
 # default config values: GPT-2 (124M) on FineWeb-Edu
 # I/O
-out_dir = 'out'
-eval_interval = 2000
-log_interval = 1
+out_dir = 'out'  # ckpt.pt and log.jsonl go here
+eval_interval = 2000  # evaluate (and save) every this many steps
+log_interval = 1  # a log line every this many steps
 eval_iters = 200  # batches per split at each eval, over all ranks
 eval_only = False  # evaluate once, then exit
 hellaswag = False  # each eval also scores HellaSwag's 10,042 val examples (acc_norm; hellaswag.py)
@@ -49,46 +49,46 @@ always_save_checkpoint = True  # False: save at an eval only when val loss impro
 overwrite = False  # True: a new run (init_from other than 'resume') may replace the ckpt.pt already in out_dir
 init_from = 'scratch'  # 'scratch', 'resume' (out_dir/ckpt.pt), or a GPT-2 name ('gpt2', 'gpt2-medium', ...) or path
 # wandb logging (optional: pip install wandb)
-wandb_log = False
-wandb_project = 'gpt2'
-wandb_run_name = 'gpt2'
+wandb_log = False  # also log to Weights & Biases (pip install wandb)
+wandb_project = 'gpt2'  # W&B project
+wandb_run_name = 'gpt2'  # W&B run name
 # data
-dataset = 'fineweb'
+dataset = 'fineweb'  # data/<dataset>: train.bin, val.bin, meta.json (made by its prepare.py)
 data_dir = ''  # '' means data/<dataset> next to this script
 gradient_accumulation_steps = 40  # micro-batches per optimizer step, counted over all ranks
 batch_size = 12  # sequences per micro-batch
-block_size = 1024
+block_size = 1024  # tokens of context
 # model: GPTConfig's fields (model.py)
-n_layer = 12
-n_head = 12
-n_embd = 768
+n_layer = 12  # transformer blocks
+n_head = 12  # attention heads
+n_embd = 768  # width of the residual stream
 vocab_size = None  # None: the data's (meta.json); GPT-2's 50257 is padded to 50304, a multiple of 64, for speed
-dropout = 0.0
-bias = True
-rope = False
-rope_theta = 10000.0
-gqa = False
-n_kv_head = 4
-swa = False
-window_size = 256
+dropout = 0.0  # 0.0 for pretraining; 0.1-0.2 against overfitting a small set
+bias = True  # biases in Linear and LayerNorm, as GPT-2
+rope = False  # rotary position embeddings instead of learned positions (wpe)
+rope_theta = 10000.0  # RoPE's base
+gqa = False  # grouped-query attention: n_kv_head key/value heads
+n_kv_head = 4  # key/value heads under gqa
+swa = False  # sliding-window attention: each query sees the last window_size positions
+window_size = 256  # the window under swa
 # AdamW
-learning_rate = 6e-4
+learning_rate = 6e-4  # peak learning rate
 max_iters = 600000  # optimizer steps in all
-weight_decay = 1e-1
-beta1 = 0.9
+weight_decay = 1e-1  # on 2-D weights only
+beta1 = 0.9  # AdamW's betas
 beta2 = 0.95
 grad_clip = 1.0  # clip the gradient norm at this value; 0.0 disables
 # learning rate: linear warm-up, then cosine decay to min_lr
-decay_lr = True
-warmup_iters = 2000
-lr_decay_iters = 600000
-min_lr = 6e-5
+decay_lr = True  # False: a constant learning_rate
+warmup_iters = 2000  # steps of linear warm-up
+lr_decay_iters = 600000  # the step where the cosine reaches min_lr (~max_iters)
+min_lr = 6e-5  # ~learning_rate / 10
 # system
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'; torchrun: cuda:LOCAL_RANK or cpu
 dtype = 'auto'  # 'auto' (bfloat16 on CUDA that supports it, else float32), 'float32', 'bfloat16', 'float16'
 compile = None  # torch.compile; None: on for CUDA, off elsewhere
 parallel = 'ddp'  # under torchrun: 'ddp' (replicate the model) or 'fsdp' (shard it with FSDP2)
-seed = 1337
+seed = 1337  # weights and batches follow from it
 peak_flops = 0.0  # one device's peak FLOP/s for MFU; 0.0: PEAK_BF16_FLOPS for A100/H100/H200 in bfloat16
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items()
@@ -248,6 +248,11 @@ class GPT2TrainingDataset(torch.utils.data.Dataset):
         window = torch.from_numpy(self.tokens[i:i + self.block_size + 1].astype(np.int64))
         return window[:-1], window[1:]
 
+    def largest_id(self, most=1 << 30):
+        """The largest token id among the first `most` tokens (all of them, but for a huge set's first billion)."""
+        tokens = self.tokens[:most]
+        return max(int(tokens[i:i + (1 << 24)].max()) for i in range(0, len(tokens), 1 << 24))
+
     def batch(self, offsets, device):
         x, y = (torch.stack(t) for t in zip(*(self[int(i)] for i in offsets)))
         if device.type == 'cuda':  # pinned memory lets the copy overlap with the GPU's work
@@ -262,10 +267,11 @@ def draw_offsets(seed, stream, step, shape, n_windows):
 
 
 def open_data(cfg):
-    """meta.json and the train and val datasets of cfg.data_dir, or one clear error."""
+    """meta.json and the train and val datasets of cfg.data_dir, checked to agree with each other, or one clear
+    error: the first iteration must not be where a bad file shows."""
     prepare = os.path.join(cfg.data_dir, 'prepare.py')
     shown = os.path.relpath(prepare) if not os.path.relpath(prepare).startswith('..') else prepare
-    hint = f"run python {shown} first" if os.path.isfile(prepare) else \
+    hint = f"run python {shown} again" if os.path.isfile(prepare) else \
         "it needs train.bin, val.bin and meta.json (see data/*/prepare.py)"
     if not os.path.isdir(cfg.data_dir):
         fail(f"data directory '{cfg.data_dir}' not found: {hint}")
@@ -276,19 +282,44 @@ def open_data(cfg):
     try:
         with open(paths['meta.json'], encoding='utf-8') as f:
             meta = json.load(f)
-        if not {'vocab_size', 'dtype', 'tokenizer'} <= set(meta):
-            raise KeyError("it needs vocab_size, dtype and tokenizer")
-        itemsize = np.dtype(meta['dtype']).itemsize
-    except (ValueError, KeyError, TypeError) as e:
-        fail(f"'{paths['meta.json']}' is not valid ({type(e).__name__}: {e}): {hint}")
-    datasets = {}
+    except (OSError, ValueError) as e:
+        fail(f"'{paths['meta.json']}' is not valid JSON ({e}): {hint}")
+    problem = meta_problem(meta)
+    if problem:
+        fail(f"'{paths['meta.json']}' {problem}: {hint}")
+    datasets, itemsize = {}, np.dtype(meta['dtype']).itemsize
     for split in ('train', 'val'):
-        n_tokens = os.path.getsize(paths[f'{split}.bin']) // itemsize
-        if n_tokens < cfg.block_size + 1:
-            fail(f"{split}.bin holds {n_tokens} tokens, fewer than block_size + 1 = {cfg.block_size + 1}: "
+        path, size = paths[f'{split}.bin'], os.path.getsize(paths[f'{split}.bin'])
+        if size % itemsize:
+            fail(f"'{path}' holds {size:,} bytes, no whole number of {meta['dtype']} ids: it is cut short, or "
+                 f"meta.json's dtype is not the one it was written with; {hint}")
+        if size // itemsize < cfg.block_size + 1:
+            fail(f"{split}.bin holds {size // itemsize} tokens, fewer than block_size + 1 = {cfg.block_size + 1}: "
                  f"lower block_size or use more data")
-        datasets[split] = GPT2TrainingDataset(paths[f'{split}.bin'], cfg.block_size, meta['dtype'])
+        datasets[split] = GPT2TrainingDataset(path, cfg.block_size, meta['dtype'])
+        top = datasets[split].largest_id()
+        if top >= meta['vocab_size']:
+            fail(f"'{path}' holds token id {top}, but meta.json says vocab_size={meta['vocab_size']}: the two do "
+                 f"not belong together; {hint}")
     return meta, datasets
+
+
+def meta_problem(meta):
+    """What is wrong with a dataset's meta.json, or None."""
+    if not isinstance(meta, dict) or not {'vocab_size', 'dtype', 'tokenizer'} <= set(meta):
+        return "needs vocab_size, dtype and tokenizer"
+    if type(meta['vocab_size']) is not int or meta['vocab_size'] < 1:
+        return f"has vocab_size={meta['vocab_size']!r}, not a positive integer"
+    try:
+        if np.dtype(meta['dtype']).kind not in 'ui':
+            return f"has dtype={meta['dtype']!r}, not an integer type such as uint16"
+    except TypeError:
+        return f"has dtype={meta['dtype']!r}, which is no numpy dtype (uint16, say)"
+    tokenizer = meta['tokenizer']
+    if not isinstance(tokenizer, dict) or tokenizer.get('name') not in ('gpt2', 'char') or \
+            tokenizer['name'] == 'char' and not isinstance(tokenizer.get('itos'), list):
+        return f"has tokenizer={str(tokenizer)[:60]!r}, not {{'name': 'gpt2'}} or {{'name': 'char', 'itos': [...]}}"
+    return None
 
 
 # -----------------------------------------------------------------------------
@@ -429,7 +460,7 @@ def estimate_loss(model, datasets, cfg, ctx, device, rank, world_size):
     a signal asks to stop: the ranks agree on it after every batch, so a long eval never delays a stop."""
     model.eval()
     per_rank = math.ceil(cfg.eval_iters / world_size)
-    out = {}
+    out, start, shown = {}, time.time(), time.time()
     for stream, split in ((1, 'train'), (2, 'val')):
         ds = datasets[split]
         offsets = draw_offsets(cfg.seed, stream, 0, (per_rank * world_size, cfg.batch_size), len(ds))
@@ -442,9 +473,42 @@ def estimate_loss(model, datasets, cfg, ctx, device, rank, world_size):
             if all_ranks_mean(torch.tensor([float(bool(STOP_SIGNALS))], device=device), world_size > 1)[0]:
                 model.train()
                 return None
+            if time.time() - shown > 10:  # a long eval shows that it is alive, and how long it has to go
+                shown, done = time.time(), k + 1 + (per_rank if split == 'val' else 0)
+                log(f"  evaluating: {done}/{2 * per_rank} batches, {duration((shown - start) * (2 * per_rank / done - 1))} left")
         out[split] = all_ranks_mean(losses.mean().reshape(1), world_size > 1)[0]
     model.train()
     return out
+
+
+def duration(seconds):
+    """'1h02m', '3m05s' or '12s'."""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def evals_left(cfg, iter_num):
+    """Evaluations still to come after iteration iter_num (one every eval_interval steps, and one at the end)."""
+    return cfg.max_iters // cfg.eval_interval - iter_num // cfg.eval_interval + bool(cfg.max_iters % cfg.eval_interval)
+
+
+def warn_if_slow(model, datasets, cfg, ctx, micro_steps, world_size, iter_num):
+    """On a CPU: time one forward pass, and say at once when this configuration's evaluations or whole run will
+    take long, naming the configuration sized for a CPU."""
+    x, y = datasets['train'].batch(draw_offsets(cfg.seed, 0, 0, (1, cfg.batch_size), len(datasets['train']))[0],
+                                   torch.device('cpu'))
+    start = time.time()
+    batch_loss(model, x, y, ctx)
+    forward = time.time() - start
+    eval_seconds = 2 * math.ceil(cfg.eval_iters / world_size) * forward
+    step_seconds = 3 * micro_steps * forward  # the backward pass costs about two forwards
+    run_seconds = step_seconds * max(cfg.max_iters - iter_num, 0) + eval_seconds * evals_left(cfg, iter_num - 1)
+    if eval_seconds > 60 or run_seconds > 3600:
+        log(f"note: on this CPU an evaluation will take about {duration(eval_seconds)}, a step about "
+            f"{duration(step_seconds)}, the whole run about {duration(run_seconds)}; for a run sized for a CPU: "
+            f"python train.py config/train_shakespeare_char_cpu.py")
 
 
 def clip_gradients(model, optimizer, scaler, grad_clip):
@@ -569,6 +633,9 @@ def main(argv=None):
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     peak = device_peak_flops(cfg, device)
+    if device.type == 'cpu':
+        warn_if_slow(model, datasets, cfg, ctx, micro_steps, world_size, iter_num)
+    step_seconds, eval_seconds = [], 0.0  # for the time left
     saved_iter = iter_num  # the iteration of the weights in ckpt.pt, or of those we started from
     kept = f"ckpt.pt is left as it was (saved at iteration {iter_num})" if cfg.init_from == 'resume' else \
         "no checkpoint was written"
@@ -577,10 +644,12 @@ def main(argv=None):
         while True:
             # evaluate, and save a checkpoint
             if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
+                t0 = time.time()
                 losses = estimate_loss(model, datasets, cfg, ctx, device, rank, world_size)
                 if losses is None:  # a signal: save below
                     stop = True
                     break
+                eval_seconds = time.time() - t0
                 hella = eval_hellaswag(model, hellaswag_examples, device, ctx, rank, world_size)['acc_norm'] \
                     if cfg.hellaswag else None
                 log(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
@@ -632,11 +701,15 @@ def main(argv=None):
 
             # the log line
             dt = time.time() - t0
+            step_seconds.append(dt)
             if iter_num % cfg.log_interval == 0:
                 tokens_per_sec = tokens_per_step / dt
                 mfu = flops_token * tokens_per_sec / (peak * world_size) if peak else None
-                log(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
-                    f"{tokens_per_sec:,.0f} tokens/s" + (f", MFU {mfu * 100:.1f}%" if mfu is not None else ""))
+                typical = float(np.median(step_seconds[-50:]))  # the first steps (compile) are no guide
+                left = typical * (cfg.max_iters - iter_num - 1) + eval_seconds * evals_left(cfg, iter_num)
+                log(f"iter {iter_num}/{cfg.max_iters}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
+                    f"{tokens_per_sec:,.0f} tokens/s" + (f", MFU {mfu * 100:.1f}%" if mfu is not None else "")
+                    + f", {duration(left)} left")
                 record(log_file, {'iter': iter_num, 'loss': loss_value, 'lr': lr, 'ms': dt * 1000,
                                   'tokens_per_sec': tokens_per_sec, 'mfu': mfu,
                                   'grad_norm': None if grad_norm is None else grad_norm.item()}, cfg)
@@ -644,20 +717,18 @@ def main(argv=None):
             if stop:
                 break
 
-        # stopped by a signal: save the step reached, if its weights are sound; more signals would only cut that short
-        if stop:
-            for s in previous_handlers:
+        if stop:  # by a signal: save the step reached, if its weights are sound
+            for s in previous_handlers:  # more signals would only cut the save short
                 signal.signal(s, signal.SIG_IGN)
-        if stop and iter_num > saved_iter:
-            x, y = datasets['train'].batch(draw_offsets(cfg.seed, 0, iter_num, (1, cfg.batch_size),
-                                                        len(datasets['train']))[0], device)
-            problem = weights_problem(raw_model, batch_loss(model, x, y, ctx), distributed)
-            if problem:
-                stop_with_error(f"stopped by a signal, but {problem} at iteration {iter_num}; {kept}", distributed)
-            save_run(cfg, raw_model, optimizer, iter_num, best_val_loss, tokenizer, distributed)
-            log(f"stopped by a signal: saved {cfg.out_dir}/ckpt.pt at iteration {iter_num}")
-        elif stop:
-            log(f"stopped by a signal at iteration {iter_num}: ckpt.pt already holds it")
+            if iter_num > saved_iter:
+                x, y = datasets['train'].batch(draw_offsets(cfg.seed, 0, iter_num, (1, cfg.batch_size),
+                                                            len(datasets['train']))[0], device)
+                problem = weights_problem(raw_model, batch_loss(model, x, y, ctx), distributed)
+                if problem:
+                    stop_with_error(f"stopped by a signal, but {problem} at iteration {iter_num}; {kept}", distributed)
+                save_run(cfg, raw_model, optimizer, iter_num, best_val_loss, tokenizer, distributed)
+            log(f"stopped by a signal: saved {cfg.out_dir}/ckpt.pt at iteration {iter_num}" if iter_num > saved_iter
+                else f"stopped by a signal at iteration {iter_num}: ckpt.pt already holds it")
     finally:
         for s, handler in previous_handlers.items():
             if not stop:  # a stopping run ignores signals until it has exited

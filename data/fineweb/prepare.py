@@ -34,7 +34,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository roo
 from configurator import exit_with_error as fail  # noqa: E402
 from download import DownloadError, download  # noqa: E402
 
-enc = tiktoken.get_encoding('gpt2')  # module level: worker processes get it too
+try:
+    enc = tiktoken.get_encoding('gpt2')  # module level: worker processes get it too
+except Exception as e:  # tiktoken fetches GPT-2's two BPE files on first use
+    fail(f"GPT-2's BPE files could not be loaded ({type(e).__name__}): tiktoken downloads them once from "
+         f"openaipublic.blob.core.windows.net (run this once with network), or reads them from $TIKTOKEN_CACHE_DIR")
 
 
 # -----------------------------------------------------------------------------

@@ -46,7 +46,12 @@ def main():
     print(f"{len(text):,} characters")
 
     # split the text, not the tokens, so no token straddles the boundary
-    enc = tiktoken.get_encoding('gpt2')
+    try:
+        enc = tiktoken.get_encoding('gpt2')
+    except Exception as e:  # tiktoken fetches GPT-2's two BPE files on first use
+        sys.exit(f"error: GPT-2's BPE files could not be loaded ({type(e).__name__}): tiktoken downloads them once "
+                 f"from openaipublic.blob.core.windows.net (run this once with network), or reads them from "
+                 f"$TIKTOKEN_CACHE_DIR")
     n = int(0.9 * len(text))
     for split, part in (('train', text[:n]), ('val', text[n:])):
         ids = np.array(enc.encode_ordinary(part), dtype=np.uint16)  # GPT-2's 50257 ids fit in 16 bits
