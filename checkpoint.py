@@ -73,9 +73,12 @@ def checkpoint_problem(ckpt):
     """What makes ckpt no checkpoint of ours, or None."""
     if not isinstance(ckpt, dict):
         return f"holds a {type(ckpt).__name__}, not a dict"
-    missing = [k for k in REQUIRED if not isinstance(ckpt.get(k), dict)]
+    missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         return f"lacks {' and '.join(missing)}"
+    not_dicts = [f"{k} is a {type(ckpt[k]).__name__}" for k in REQUIRED if not isinstance(ckpt[k], dict)]
+    if not_dicts:
+        return f"holds entries of the wrong kind ({', '.join(not_dicts)}, not a dict)"
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
         return "has a model entry that is not a dict of named tensors"
     if "iter_num" in ckpt and (type(ckpt["iter_num"]) is not int or ckpt["iter_num"] < 0):

@@ -63,7 +63,8 @@ def _check(key, value, defaults, where):
     if expected is float and type(value) is int:
         return float(value)
     if type(value) is not expected:
-        raise ConfigError(f"{where}'{key}' must be {expected.__name__}, got {value!r} ({type(value).__name__})")
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise ConfigError(f"{where}'{key}' must be {expected.__name__}, got {shown} ({type(value).__name__})")
     return value
 
 

@@ -149,7 +149,7 @@ def generate(model, tokenizer, ids, c, device):
     args = dict(max_new_tokens=c["max_new_tokens"], temperature=c["temperature"], top_k=c["top_k"],
                 top_p=c["top_p"], use_cache=c["use_cache"],
                 generator=torch.Generator(device=device).manual_seed(c["seed"]))
-    prompt = tokenizer.decode(ids) if c["start"] else ""  # what the model saw, so a cropped prompt shows cropped
+    prompt = tokenizer.decode(ids) if c["start"] != "" else ""  # what the model saw: a cropped prompt shows cropped
     if c["num_samples"] == 1:
         decode = tokenizer.stream_decoder()
         print(prompt, end="", flush=True)

@@ -2,6 +2,8 @@
 
 import glob
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -102,3 +104,42 @@ def test_help_lists_every_key_with_its_default(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert all(f"--{key}={value!r}" in out for key, value in train.DEFAULTS.items())
+
+
+@pytest.mark.parametrize('content, message', [
+    (bytes(range(256)) * 4, r"is not text \(not UTF-8\)"),
+    (b"x = " + b"-" * 100_000 + b"1\n", "nested too deeply to read"),
+], ids=['binary', 'nested-100000-deep'])
+def test_unreadable_config_files_are_one_clear_error(tmp_path, content, message):
+    (tmp_path / 'cfg.py').write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(train.DEFAULTS, [str(tmp_path / 'cfg.py')])
+
+
+def test_deep_and_long_values_on_the_command_line(capsys):
+    with pytest.raises(ConfigError, match="'vocab_size' is nested too deeply"):
+        load_config(train.DEFAULTS, ['--vocab_size=' + '-' * 100_000 + '1'])
+    with pytest.raises(ConfigError) as e:
+        load_config(train.DEFAULTS, ['--batch_size=' + '[' * 5000 + ']' * 5000])
+    assert len(str(e.value)) < 200  # the value is shown cut short, not 10,000 characters long
+
+
+def test_a_missing_config_file_suggests_the_closest_one():
+    with pytest.raises(ConfigError, match=r"config file 'config/train_shakespear_char.py' not found \(did you mean "
+                                          r"'config/train_shakespeare_char.py'\?\)"):
+        cwd = os.getcwd()
+        try:
+            os.chdir(HERE)
+            load_config(train.DEFAULTS, ['config/train_shakespear_char.py'])
+        finally:
+            os.chdir(cwd)
+
+
+@pytest.mark.parametrize('script, line', [
+    ('train.py', "--eval_iters=200"), ('sample.py', "--temperature=0.8"), ('load_gpt2.py', "--out=''"),
+])
+def test_help_shows_each_keys_comment(script, line):
+    out = subprocess.run([sys.executable, os.path.join(HERE, script), '--help'], capture_output=True, text=True,
+                         timeout=60).stdout
+    row = next(l for l in out.splitlines() if l.strip().startswith(line))
+    assert len(row.split(line, 1)[1].strip()) > 5, row  # the comment written beside the default

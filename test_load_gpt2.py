@@ -436,3 +436,31 @@ def test_real_gpt2_greedy_continuation_of_the_dog():
     # transformers' own integration test for GPT-2 ("The dog")
     assert out[0, 2:].tolist() == [373, 1043, 287, 257, 2214, 1474, 262, 16246, 286, 2688, 290, 2688, 27262,
                                    13, 198, 198, 464, 3290]
+
+
+
+@pytest.mark.parametrize("entry", [
+    {"dtype": "F32", "shape": [-2, -2], "data_offsets": [0, 16]},
+    {"dtype": "F32", "shape": [2, 2], "data_offsets": [0.0, 16.0]},
+    {"dtype": "F32", "shape": [True, 4], "data_offsets": [0, 16]},
+], ids=["negative-dims", "float-offsets", "true-in-shape"])
+def test_malformed_safetensors_entries_are_one_clear_error(tmp_path, entry):
+    header = json.dumps({"a": entry}).encode()
+    (tmp_path / "m.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(64))
+    with pytest.raises(LoadError, match="tensor 'a' has a corrupt entry"):
+        lg.read_safetensors(str(tmp_path / "m.safetensors"))
+
+
+def test_config_json_that_is_no_object_is_one_clear_error(hf_model, tmp_path):
+    hf_model.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "config.json").write_text("[1, 2]")
+    with pytest.raises(LoadError, match="config.json holds a JSON list, not an object"):
+        load_gpt2(str(tmp_path / "hf"))
+
+
+def test_cli_out_under_a_file_is_one_line(hf_dir, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as e:
+        lg.main([str(hf_dir), f"--out={tmp_path / 'a_file' / 'x.pt'}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("error: cannot write") and err.count("\n") == 1

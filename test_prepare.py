@@ -70,3 +70,14 @@ def test_fineweb_from_a_local_jsonl(tmp_path, gpt2_bpe):
     assert val_docs + train_docs == docs                          # in order, whole documents, nothing lost
     assert 500 <= len(splits['val']) < 500 + 200                  # val stops at the document passing 500 tokens
     assert not any(name.endswith('.tmp') for name in os.listdir(tmp_path / 'out'))
+
+
+def test_shakespeare_bpe_without_network_is_one_line(tmp_path):
+    (tmp_path / 'input.txt').write_text(TEXT)
+    env = dict(os.environ, TIKTOKEN_CACHE_DIR=str(tmp_path / 'empty'), HTTPS_PROXY='http://127.0.0.1:9',
+               https_proxy='http://127.0.0.1:9')  # nothing listens there: as good as no network
+    result = subprocess.run([sys.executable, os.path.join(HERE, 'data', 'shakespeare', 'prepare.py'), '--input',
+                             str(tmp_path / 'input.txt'), '--out_dir', str(tmp_path / 'out')],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1 and result.stderr.startswith("error: GPT-2's BPE files could not be loaded")
+    assert result.stderr.count('\n') == 1, result.stderr

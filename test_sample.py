@@ -236,3 +236,36 @@ def test_bpe_resume_and_the_meta_json_fallback(hf_dir, tmp_path, monkeypatch, ca
     (tmp_path / "data" / "meta.json").write_text(json.dumps({"vocab_size": 50257, "dtype": "uint16",
                                                              "tokenizer": {"name": "gpt2"}}))
     assert sample_in_process(capsys, "--init_from=resume", f"--out_dir={tmp_path / 'out'}", *greedy).out == from_dir
+
+
+
+# ----------------------------------------------------------------------------------------------------
+# A new user's mistakes, one line each
+
+def test_a_character_model_starts_from_a_newline_by_default(char_out_dir, capsys):
+    out = sample_in_process(capsys, "--init_from=resume", f"--out_dir={char_out_dir}", "--max_new_tokens=5").out
+    assert out.startswith("\n") and len(out) == 1 + 5 + 1
+
+
+def test_prompt_file_is_read_with_a_limit(char_out_dir, capsys):
+    assert "holds more than 1,000,000 characters" in error_of(capsys, "--init_from=resume", f"--out_dir={char_out_dir}",
+                                                             "--start=FILE:/dev/zero")
+
+
+def test_a_training_folder_as_init_from_points_to_resume(char_out_dir, capsys):
+    err = error_of(capsys, f"--init_from={char_out_dir}")
+    assert f"use --init_from=resume --out_dir={char_out_dir}" in err
+
+
+def test_float16_on_a_cpu_is_refused_as_train_py_does(char_out_dir, capsys):
+    assert "float16 on a CPU" in error_of(capsys, "--init_from=resume", f"--out_dir={char_out_dir}",
+                                          "--dtype=float16", "--device=cpu")
+
+
+def test_offline_first_use_names_everything_missing_at_once(tmp_path):
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "TIKTOKEN_CACHE_DIR": str(tmp_path / "tiktoken"),
+           "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # nothing listens there
+    proc = run_sample([], env=env)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert "model.safetensors" in err and "GPT-2's BPE files" in err

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -536,3 +537,65 @@ def test_resume_takes_the_saved_configuration(data_dir, tmp_path, capsys):
     assert [e['lr'] for e in read_log(tmp_path) if 'lr' in e] == [1e-3] * 5  # not the default's 6e-4
     ckpt = torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)
     assert ckpt['iter_num'] == 5 and ckpt['config']['batch_size'] == 4 and ckpt['config']['data_dir'] == data_dir
+
+
+# ----------------------------------------------------------------------------------------------------
+# a new user's first hour: one line for each mistake, progress that shows
+
+def edit_meta(d, **changes):
+    meta = json.loads((d / 'meta.json').read_text())
+    (d / 'meta.json').write_text(json.dumps({**meta, **changes}))
+
+
+@pytest.mark.parametrize('damage, words', [
+    (lambda d: os.truncate(d / 'train.bin', os.path.getsize(d / 'train.bin') - 1), ['no whole number of uint16 ids']),
+    (lambda d: edit_meta(d, vocab_size=5), ['holds token id', 'vocab_size=5']),
+    (lambda d: edit_meta(d, vocab_size='10'), ["vocab_size='10', not a positive integer"]),
+    (lambda d: edit_meta(d, dtype='uint32'), ['train.bin', "meta.json"]),
+    (lambda d: edit_meta(d, dtype='float16'), ["dtype='float16', not an integer type"]),
+    (lambda d: edit_meta(d, dtype='bogus'), ["dtype='bogus', which is no numpy dtype"]),
+    (lambda d: edit_meta(d, tokenizer='char'), ["tokenizer='char', not"]),
+], ids=['short-bin', 'ids-past-vocab', 'vocab-a-string', 'dtype-not-the-files', 'float-dtype', 'unknown-dtype',
+        'tokenizer-a-string'])
+def test_data_files_that_disagree_are_one_line_before_training(data_dir, tmp_path, capsys, damage, words):
+    d = tmp_path / 'data'
+    shutil.copytree(data_dir, d)
+    damage(d)
+    err = one_line_error(capsys, [f'--data_dir={d}', f'--out_dir={tmp_path / "out"}', *TINY, '--max_iters=1'])
+    assert all(w in err for w in words), err
+    assert not (tmp_path / 'out' / 'log.jsonl').exists()  # refused before anything ran
+
+
+def test_the_whole_configuration_is_checked_before_data_and_device(tmp_path, capsys):
+    err = one_line_error(capsys, ['--n_embd=100', '--n_head=3', f'--data_dir={tmp_path / "nowhere"}'])
+    assert 'n_embd=100 must be divisible by n_head=3' in err
+    if not torch.cuda.is_available():
+        err = one_line_error(capsys, ['--device=cuda', f'--data_dir={tmp_path}', f'--out_dir={tmp_path / "o"}'])
+        assert 'device=cuda is not available on this machine' in err
+
+
+def test_log_lines_show_progress_and_time_left(data_dir, tmp_path, capsys):
+    run_train(data_dir, tmp_path, '--max_iters=3', '--eval_interval=3')
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith('iter ')]
+    assert [l.split(':')[0] for l in lines] == ['iter 0/3', 'iter 1/3', 'iter 2/3'] and all(l.endswith(' left') for l in lines)
+
+
+def test_a_cpu_run_that_will_take_long_says_so_and_names_the_cpu_config(data_dir, tmp_path, capsys):
+    cfg, _ = train.read_config([f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY, '--eval_iters=10000000'])
+    _, datasets = train.open_data(cfg)
+    model = GPT(GPTConfig(block_size=16, vocab_size=len(ITOS), n_layer=2, n_head=2, n_embd=32))
+    capsys.readouterr()
+    train.warn_if_slow(model, datasets, cfg, torch.autocast('cpu', enabled=False), 1, 1, 0)
+    out = capsys.readouterr().out
+    assert 'an evaluation will take about' in out and 'config/train_shakespeare_char_cpu.py' in out
+    cfg.eval_iters = 2
+    train.warn_if_slow(model, datasets, cfg, torch.autocast('cpu', enabled=False), 1, 1, 0)
+    assert capsys.readouterr().out == ''  # a quick run says nothing
+
+
+def test_nan_from_scratch_does_not_mention_a_checkpoint(data_dir, tmp_path, capsys, monkeypatch):
+    real_forward = train.GPT.forward
+    monkeypatch.setattr(train.GPT, 'forward', lambda self, idx, targets=None, **kw: (
+        real_forward(self, idx, targets, **kw)[0], real_forward(self, idx, targets, **kw)[1] * float('nan')))
+    err = one_line_error(capsys, [f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY, '--max_iters=3'])
+    assert 'no checkpoint was written' in err and 'left as it was' not in err
