@@ -499,6 +499,7 @@ def warn_if_slow(model, datasets, cfg, ctx, micro_steps, world_size, iter_num):
     take long, naming the configuration sized for a CPU."""
     x, y = datasets['train'].batch(draw_offsets(cfg.seed, 0, 0, (1, cfg.batch_size), len(datasets['train']))[0],
                                    torch.device('cpu'))
+    batch_loss(model, x, y, ctx)  # the first call pays one-time costs (allocations, threads)
     start = time.time()
     batch_loss(model, x, y, ctx)
     forward = time.time() - start
@@ -728,7 +729,7 @@ def main(argv=None):
                     stop_with_error(f"stopped by a signal, but {problem} at iteration {iter_num}; {kept}", distributed)
                 save_run(cfg, raw_model, optimizer, iter_num, best_val_loss, tokenizer, distributed)
             log(f"stopped by a signal: saved {cfg.out_dir}/ckpt.pt at iteration {iter_num}" if iter_num > saved_iter
-                else f"stopped by a signal at iteration {iter_num}: ckpt.pt already holds it")
+                else f"stopped by a signal at iteration {iter_num}: {kept}")
     finally:
         for s, handler in previous_handlers.items():
             if not stop:  # a stopping run ignores signals until it has exited
