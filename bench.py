@@ -4,6 +4,7 @@ Speed of model.py: generation tokens/s with and without the KV cache, and traini
     python bench.py                                   # GPT-2 124M, fp32, batch 1, 16-token prompt, 128 new
     python bench.py --compare_hf=True                 # transformers' GPT2LMHeadModel on the same workload
     python bench.py --n_layer=4 --rope=True --gqa=True --swa=True --device=cuda --dtype=bfloat16 --compile=True
+    python bench.py --long_swa=True                   # SWA at T=8192 (attention) and 4096 (training): 3 ways
 
 Weights are random (speed does not depend on them); every switch of GPTConfig is a key here. Generation is
 greedy so that no run stops early and every run does the same work.
@@ -14,15 +15,18 @@ from contextlib import nullcontext
 from dataclasses import asdict, fields
 
 import torch
+import torch.nn.functional as F
 
 from configurator import ConfigError, auto_device, exit_with_error, load_config
-from model import GPT, GPTConfig, column_major_weights_
+import model as model_py
+from model import GPT, GPTConfig, attention_mask, column_major_weights_, sliding_window_attention
 
 DEFAULTS = dict(
     asdict(GPTConfig(vocab_size=50257)),  # GPT-2 124M as OpenAI shipped it
     batch_size=1, prompt_len=16, max_new_tokens=128,   # generation workload
     train_batch_size=4, train_seq_len=256, train_steps=3,  # training workload (one optimizer step each)
     device="auto", dtype="float32", compile=False, compare_hf=False, seed=1337,
+    long_swa=False,  # instead: SWA over long sequences, chunked (model.py) vs a dense mask vs full causal
 )
 
 
@@ -80,6 +84,35 @@ def bench_training(config, cfg, device, autocast):
     return cfg["train_steps"] * x.numel() / seconds
 
 
+def dense_window_attention(q, k, v, window_size, dropout_p=0.0):
+    """SWA as a dense (T, T) mask: the same values as sliding_window_attention, at O(T^2) cost."""
+    pos = torch.arange(q.size(2), device=q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(pos, pos, window_size),
+                                          dropout_p=dropout_p, enable_gqa=k.size(1) != q.size(1))
+
+
+def bench_long_swa(device, repeats=3):
+    """Attention alone (T=8192, window 256, B=1, 4 heads of 32, forward and backward), then training a small
+    model at block 4096, window 256: full causal attention, SWA with a dense mask, SWA in chunks. Best of repeats."""
+    T, W = 8192, 256
+    q, k, v = (torch.randn(1, 4, T, 32, device=device, requires_grad=True) for _ in range(3))
+    ways = {"full causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+            "SWA, dense mask": lambda: dense_window_attention(q, k, v, W),
+            "SWA, chunked": lambda: sliding_window_attention(q, k, v, W)}
+    for name, attend in ways.items():
+        ms = 1000 * min(timed(lambda: attend().sum().backward(), device) for _ in range(repeats))
+        print(f"attention T={T} window {W}, B=1, 4 heads of 32, forward+backward, {name:16s}: {ms:8.1f} ms")
+    cfg = dict(train_batch_size=1, train_seq_len=4096, train_steps=repeats, compile=False)
+    small = dict(block_size=4096, vocab_size=256, n_layer=4, n_head=4, n_embd=128, window_size=W)
+    for name, swa, attention in [("full causal", False, sliding_window_attention),
+                                 ("SWA, dense mask", True, dense_window_attention),
+                                 ("SWA, chunked", True, sliding_window_attention)]:
+        model_py.sliding_window_attention = attention  # what CausalSelfAttention calls under SWA
+        rate = bench_training(GPTConfig(**small, swa=swa), cfg, device, nullcontext())
+        print(f"train block 4096, 4 layers of 128, 4 heads, vocab 256, {name:16s}: {rate:8.1f} tokens/s")
+    model_py.sliding_window_attention = sliding_window_attention
+
+
 def main():
     try:
         cfg = load_config(DEFAULTS)
@@ -97,6 +130,8 @@ def main():
         exit_with_error("compare_hf=True compares plain GPT-2: turn rope, gqa and swa off")
     autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device.split(":")[0], dtype=dtype)
     torch.manual_seed(cfg["seed"])
+    if cfg["long_swa"]:
+        return bench_long_swa(device)
     print(f"device {device}, dtype {cfg['dtype']}, compile {cfg['compile']}, {config}")
 
     model = GPT(config).to(device).eval()

@@ -10,7 +10,9 @@ each visible at one place in the code:
 - gqa: grouped-query attention. n_kv_head key/value heads; query head h reads key/value head
   h // (n_head // n_kv_head). The KV cache holds n_kv_head heads only. Seen where c_attn's output is split.
 - swa: sliding-window attention. The query at position i sees keys j with i - window_size < j <= i, and
-  the KV cache becomes a rolling buffer of window_size slots. Seen where the mask is built (GPT.forward).
+  the KV cache becomes a rolling buffer of window_size slots. Seen where attention is computed
+  (CausalSelfAttention.forward): past window_size tokens, sliding_window_attention computes only the pairs
+  the window allows, at O(T * window_size) cost.
 
 Shapes: B batch, T time (sequence length), C n_embd, V vocab_size, nh n_head, nkv key/value heads
 (n_kv_head under gqa, else n_head), hd head size = C // nh, L n_layer, S the cache's slots.
@@ -85,6 +87,31 @@ def attention_mask(q_pos, k_pos, window_size=None):
     return mask
 
 
+def sliding_window_attention(q, k, v, window_size, dropout_p=0.0):
+    """
+    Causal attention within the window, q (B, nh, T, hd), k and v (B, nkv, T, hd), at O(T * window_size) cost:
+    the queries go in chunks of window_size, and chunk c attends to the keys of chunks c - 1 and c only, the
+    only ones its window reaches. A dense (T, T) mask would give the same values at O(T^2) cost, and more
+    than plain causal attention, whose kernels skip the masked half. T is padded up to whole chunks; padded
+    keys lie in every real query's future and padded queries are dropped.
+    """
+    B, nh, T, hd = q.shape
+    W, n = window_size, -(-T // window_size)  # n chunks
+    pad = lambda t: F.pad(t, (0, 0, 0, n * W - T)).unflatten(2, (n, W))  # (B, h, n, W, hd)
+    q, k, v = pad(q), pad(k), pad(v)
+    before = lambda t: F.pad(t, (0, 0, 0, 0, 1, 0))[:, :, :-1]  # chunk c - 1 at index c (zeros before chunk 0)
+    k, v = torch.cat((before(k), k), dim=3), torch.cat((before(v), v), dim=3)  # (B, nkv, n, 2W, hd)
+    # chunks into the batch: (B * n, heads, ...), as SDPA (and enable_gqa) expects heads at dim -3
+    to_batch = lambda t: t.transpose(1, 2).flatten(0, 1)
+    # the band: query i of a chunk is at position W + i of the 2W keys; chunk 0 has no chunk before it
+    mask = attention_mask(torch.arange(W, 2 * W, device=q.device), torch.arange(2 * W, device=q.device), W)
+    mask = mask.repeat(B * n, 1, 1, 1)                                      # (B * n, 1, W, 2W)
+    mask[::n, :, :, :W] = False
+    y = F.scaled_dot_product_attention(to_batch(q), to_batch(k), to_batch(v), attn_mask=mask, dropout_p=dropout_p,
+                                       enable_gqa=k.size(1) != nh)         # (B * n, nh, W, hd)
+    return y.unflatten(0, (B, n)).transpose(1, 2).flatten(2, 3)[:, :, :T]   # (B, nh, T, hd)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The model
 
@@ -100,6 +127,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_size, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
+        self.window_size = config.window_size if config.swa else None
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, cos_sin, mask, cache):
@@ -113,11 +141,16 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)             # (B, nkv, Tk, hd): the keys this step sees
-        # mask None is plain causal attention (the flash kernels on CUDA), or one new token that sees every key
-        # the cache returns. Under GQA query head h reads kv head h // (nh // nkv): enable_gqa, no copies.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=mask is None and T > 1,
-                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hd)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.window_size is not None and T > self.window_size:  # SWA: only the keys in the window are computed
+            y = sliding_window_attention(q, k, v, self.window_size, dropout_p)  # (B, nh, T, hd)
+        else:
+            # mask None is plain causal attention (the flash kernels on CUDA; under SWA too while T fits in the
+            # window), or one new token that sees every key the cache returns. Under GQA query head h reads kv
+            # head h // (nh // nkv): enable_gqa, no copies.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                               is_causal=mask is None and T > 1,
+                                               enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -198,8 +231,8 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
 
-        # the mask: None is plain causal; SWA hides keys window_size or more positions back
-        mask = attention_mask(pos, pos, cfg.window_size) if cfg.swa and T > 1 else None
+        # the mask: None is plain causal; SWA's window is applied in attention (sliding_window_attention)
+        mask = None
 
         for block in self.transformer.h:
             x = block(x, cos_sin, mask, cache)
