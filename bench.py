@@ -4,6 +4,8 @@ Speed of model.py: generation tokens/s with and without the KV cache, and traini
     python bench.py                                   # GPT-2 124M, fp32, batch 1, 16-token prompt, 128 new
     python bench.py --compare_hf=True                 # transformers' GPT2LMHeadModel on the same workload
     python bench.py --n_layer=4 --rope=True --gqa=True --swa=True --device=cuda --dtype=bfloat16 --compile=True
+    python bench.py --compile=True                    # eager, then compiled generation (minutes to compile on a CPU)
+    python bench.py --compile=True --n_layer=4 --n_head=4 --n_embd=128   # small: Python overhead dominates
     python bench.py --long_swa=True                   # SWA at T=8192 (attention) and 4096 (training): 3 ways
 
 Weights are random (speed does not depend on them); every switch of GPTConfig is a key here. Generation is
@@ -40,9 +42,9 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
-def bench_generation(model, prompt, new_tokens, use_cache, device, autocast):
-    with autocast:
-        model.generate(prompt, 4, temperature=0.0, use_cache=use_cache)  # warm-up (and compile)
+def bench_generation(model, prompt, new_tokens, use_cache, device, autocast, compiled=False):
+    with autocast:  # warm-up; compiling needs the same lengths as the run (the cache's size is one)
+        model.generate(prompt, new_tokens if compiled else 4, temperature=0.0, use_cache=use_cache)
         seconds = timed(lambda: model.generate(prompt, new_tokens, temperature=0.0, use_cache=use_cache), device)
     return prompt.size(0) * new_tokens / seconds
 
@@ -137,8 +139,6 @@ def main():
     model = GPT(config).to(device).eval()
     if device == "cpu":
         column_major_weights_(model)  # as sample.py does for generation on a CPU
-    if cfg["compile"]:
-        model.forward = torch.compile(model.forward, dynamic=True)
     prompt = torch.randint(config.vocab_size, (cfg["batch_size"], cfg["prompt_len"]), device=device)
     workload = f"batch {cfg['batch_size']}, {cfg['prompt_len']}-token prompt, {cfg['max_new_tokens']} new tokens"
     for use_cache in (True, False):
@@ -148,6 +148,10 @@ def main():
             hf_rate = bench_hf_generation(model, prompt, cfg["max_new_tokens"], use_cache, device)
             line += f"   (transformers GPT2LMHeadModel: {hf_rate:.1f} tokens/s)"
         print(f"{line}   [{workload}]")
+    if cfg["compile"]:  # in place, as sample.py does: one graph for prefill, one for every decode step
+        model.compile(mode="reduce-overhead" if device.startswith("cuda") else None)
+        rate = bench_generation(model, prompt, cfg["max_new_tokens"], True, device, autocast, compiled=True)
+        print(f"generate, with cache, compiled: {rate:8.1f} tokens/s   [{workload}]")
     rate = bench_training(config, cfg, device, autocast)
     print(f"train (forward, backward, AdamW step): {rate:8.1f} tokens/s   "
           f"[batch {cfg['train_batch_size']} x {cfg['train_seq_len']} tokens]")

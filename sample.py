@@ -214,8 +214,8 @@ def sample(c):
     model.eval().to(device)
     if device == "cpu":
         column_major_weights_(model)  # faster one-token matrix-vector products on a CPU (see model.py)
-    if c["compile"]:
-        model.compile()  # compiles forward in place, so generate's calls use it
+    if c["compile"]:  # forward in place, so generate's calls use it; CUDA graphs on CUDA
+        model.compile(mode="reduce-overhead" if device.startswith("cuda") else None)
     ids = prompt_ids(c["start"], tokenizer, model.config.block_size)
     # weights stay float32; matmuls run in the lower precision where dtype asks for it
     autocast = nullcontext() if dtype == "float32" else torch.autocast(torch.device(device).type, dtype=DTYPES[dtype])

@@ -358,6 +358,24 @@ def test_cache_costs_one_position_per_new_token():
     assert lengths == list(range(9, 19))
 
 
+@pytest.mark.parametrize("rope,gqa,swa", [(False, False, False), (True, True, True)])
+def test_compiled_decoding_gives_eager_tokens_from_one_graph_for_every_position(rope, gqa, swa):
+    from torch._dynamo.utils import counters
+    model = perturbed_model(tiny_config(rope, gqa, swa))
+    idx = torch.randint(97, (2, 7))
+    expected = model.generate(idx, 25, temperature=0.0)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        model.compile(backend="aot_eager")  # dynamo's graphs without inductor's minutes of code generation
+        assert torch.equal(model.generate(idx, 25, temperature=0.0), expected)
+        assert counters["stats"]["unique_graphs"] == 2  # prefill, and one decode step for 24 positions
+        assert torch.equal(model.generate(idx, 25, temperature=0.0), expected)
+        assert counters["stats"]["unique_graphs"] == 2  # a second generation compiles nothing
+    finally:
+        torch._dynamo.reset()
+
+
 def test_sampling_is_reproducible_with_a_generator():
     model = perturbed_model(tiny_config())
     idx = torch.randint(97, (2, 4))
