@@ -1,7 +1,8 @@
 """
 Speed of model.py: generation tokens/s with and without the KV cache, and training tokens/s.
 
-    python bench.py                                   # GPT-2 124M, fp32, batch 1, 16-token prompt, 128 new
+    python bench.py                                   # GPT-2 124M, batch 1, 16-token prompt, 128 new tokens
+    python bench.py --dtype=float32                   # generation in float32 (auto: as sample.py chooses)
     python bench.py --compare_hf=True                 # transformers' GPT2LMHeadModel on the same workload
     python bench.py --n_layer=4 --rope=True --gqa=True --swa=True --device=cuda --dtype=bfloat16 --compile=True
     python bench.py --compile=True                    # eager, then compiled generation (minutes to compile on a CPU)
@@ -19,7 +20,7 @@ from dataclasses import asdict, fields
 import torch
 import torch.nn.functional as F
 
-from configurator import ConfigError, auto_device, exit_with_error, load_config
+from configurator import ConfigError, auto_device, auto_dtype, auto_generation_dtype, exit_with_error, load_config
 import model as model_py
 from model import GPT, GPTConfig, attention_mask, column_major_weights_, sliding_window_attention
 
@@ -27,7 +28,7 @@ DEFAULTS = dict(
     asdict(GPTConfig(vocab_size=50257)),  # GPT-2 124M as OpenAI shipped it
     batch_size=1, prompt_len=16, max_new_tokens=128,   # generation workload
     train_batch_size=4, train_seq_len=256, train_steps=3,  # training workload (one optimizer step each)
-    device="auto", dtype="float32", compile=False, compare_hf=False, seed=1337,
+    device="auto", dtype="auto", compile=False, compare_hf=False, seed=1337,
     long_swa=False,  # instead: SWA over long sequences, chunked (model.py) vs a dense mask vs full causal
 )
 
@@ -42,10 +43,10 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
-def bench_generation(model, prompt, new_tokens, use_cache, device, autocast, compiled=False):
-    with autocast:  # warm-up; compiling needs the same lengths as the run (the cache's size is one)
-        model.generate(prompt, new_tokens if compiled else 4, temperature=0.0, use_cache=use_cache)
-        seconds = timed(lambda: model.generate(prompt, new_tokens, temperature=0.0, use_cache=use_cache), device)
+def bench_generation(model, prompt, new_tokens, use_cache, device, compiled=False):
+    # warm-up; compiling needs the same lengths as the run (the cache's size is one)
+    model.generate(prompt, new_tokens if compiled else 4, temperature=0.0, use_cache=use_cache)
+    seconds = timed(lambda: model.generate(prompt, new_tokens, temperature=0.0, use_cache=use_cache), device)
     return prompt.size(0) * new_tokens / seconds
 
 
@@ -122,35 +123,39 @@ def main():
     except (ConfigError, ValueError) as e:
         exit_with_error(str(e))
     device = auto_device() if cfg["device"] == "auto" else cfg["device"]
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg["dtype"])
-    if dtype is None:
-        exit_with_error(f"dtype={cfg['dtype']!r} must be float32, bfloat16 or float16")
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if cfg["dtype"] not in ("auto", *dtypes):
+        exit_with_error(f"dtype={cfg['dtype']!r} must be auto, float32, bfloat16 or float16")
+    # generation casts the weights, as sample.py does; training keeps float32 weights under autocast, as train.py
+    gen_dtype = auto_generation_dtype(device) if cfg["dtype"] == "auto" else cfg["dtype"]
+    train_dtype = dtypes[auto_dtype(device) if cfg["dtype"] == "auto" else cfg["dtype"]]
     if cfg["prompt_len"] + cfg["max_new_tokens"] > config.block_size:
         exit_with_error(f"prompt_len + max_new_tokens = {cfg['prompt_len'] + cfg['max_new_tokens']} must fit "
                         f"in block_size={config.block_size}")
     if cfg["compare_hf"] and (config.rope or config.gqa or config.swa):
         exit_with_error("compare_hf=True compares plain GPT-2: turn rope, gqa and swa off")
-    autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device.split(":")[0], dtype=dtype)
+    autocast = nullcontext() if train_dtype == torch.float32 else torch.autocast(device.split(":")[0], dtype=train_dtype)
     torch.manual_seed(cfg["seed"])
     if cfg["long_swa"]:
         return bench_long_swa(device)
-    print(f"device {device}, dtype {cfg['dtype']}, compile {cfg['compile']}, {config}")
+    print(f"device {device}, dtype {gen_dtype} (generation) {str(train_dtype)[6:]} (training), "
+          f"compile {cfg['compile']}, {config}")
 
-    model = GPT(config).to(device).eval()
-    if device == "cpu":
+    model = GPT(config).to(device=device, dtype=dtypes[gen_dtype]).eval()
+    if device == "cpu" and gen_dtype == "float32":
         column_major_weights_(model)  # as sample.py does for generation on a CPU
     prompt = torch.randint(config.vocab_size, (cfg["batch_size"], cfg["prompt_len"]), device=device)
     workload = f"batch {cfg['batch_size']}, {cfg['prompt_len']}-token prompt, {cfg['max_new_tokens']} new tokens"
     for use_cache in (True, False):
-        rate = bench_generation(model, prompt, cfg["max_new_tokens"], use_cache, device, autocast)
+        rate = bench_generation(model, prompt, cfg["max_new_tokens"], use_cache, device)
         line = f"generate, {'with' if use_cache else 'without'} cache: {rate:8.1f} tokens/s"
         if cfg["compare_hf"]:
             hf_rate = bench_hf_generation(model, prompt, cfg["max_new_tokens"], use_cache, device)
-            line += f"   (transformers GPT2LMHeadModel: {hf_rate:.1f} tokens/s)"
+            line += f"   (transformers GPT2LMHeadModel, float32: {hf_rate:.1f} tokens/s)"
         print(f"{line}   [{workload}]")
     if cfg["compile"]:  # in place, as sample.py does: one graph for prefill, one for every decode step
         model.compile(mode="reduce-overhead" if device.startswith("cuda") else None)
-        rate = bench_generation(model, prompt, cfg["max_new_tokens"], True, device, autocast, compiled=True)
+        rate = bench_generation(model, prompt, cfg["max_new_tokens"], True, device, compiled=True)
         print(f"generate, with cache, compiled: {rate:8.1f} tokens/s   [{workload}]")
     rate = bench_training(config, cfg, device, autocast)
     print(f"train (forward, backward, AdamW step): {rate:8.1f} tokens/s   "

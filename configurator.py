@@ -120,3 +120,22 @@ def auto_dtype(device):
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
         return "bfloat16"
     return "float32"
+
+
+def cpu_computes_bf16():
+    """True when this CPU has bfloat16 instructions (x86 AVX-512 BF16 or AMX, Arm BF16): then bf16 matmuls run
+    natively instead of converting to float32, and bf16's halved bytes make memory-bound decoding ~2x faster."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = set(f.read().split())
+    except OSError:  # not Linux: assume no
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def auto_generation_dtype(device):
+    """auto_dtype, and bfloat16 on a CPU that computes it natively: generation reads every weight once per token,
+    so half the bytes is nearly twice the speed. (Training on a CPU stays float32: see auto_dtype.)"""
+    if device.startswith("cpu") and cpu_computes_bf16():
+        return "bfloat16"
+    return auto_dtype(device)

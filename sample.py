@@ -14,12 +14,11 @@ as one batch and printed in turn. The text goes to stdout, everything else to st
 import codecs
 import os
 import sys
-from contextlib import nullcontext
 
 import tiktoken
 import torch
 
-from configurator import ConfigError, auto_device, auto_dtype, exit_with_error, load_config
+from configurator import ConfigError, auto_device, auto_generation_dtype, exit_with_error, load_config
 from load_gpt2 import DownloadError, LoadError, apply_overrides, build_model, load_gpt2, read_json, short
 from model import GPTConfig, column_major_weights_
 
@@ -35,7 +34,8 @@ DEFAULTS = dict(
     top_p=None,           # nucleus sampling, e.g. 0.9; None is off
     seed=1337,
     device="auto",        # auto: cuda, then mps, then cpu
-    dtype="auto",         # float32, bfloat16 or float16; auto: bfloat16 on CUDA that supports it, else float32
+    dtype="auto",         # float32 (exactly GPT-2's numerics), bfloat16 or float16; auto: bfloat16 on CUDA that
+                          # supports it and on a CPU that computes it natively (configurator.py), else float32
     compile=False,        # torch.compile the model: slow to start, faster per token on a GPU
     use_cache=True,       # the KV cache: each new token costs one position instead of the whole context
     # changes to the trained model (see load_gpt2.apply_overrides); None keeps the checkpoint's
@@ -205,23 +205,22 @@ def generate(model, tokenizer, ids, c, device):
 def sample(c):
     check_config(c)
     device = auto_device() if c["device"] == "auto" else c["device"]
-    dtype = auto_dtype(device) if c["dtype"] == "auto" else c["dtype"]
+    dtype = auto_generation_dtype(device) if c["dtype"] == "auto" else c["dtype"]
     model, spec = load_model(c)
     tokenizer = Tokenizer(spec)
     if model.config.vocab_size < tokenizer.vocab_size:
         raise LoadError(f"the model's vocab_size={model.config.vocab_size} is smaller than its tokenizer's "
                         f"{tokenizer.vocab_size} tokens: the two do not belong together")
-    model.eval().to(device)
-    if device == "cpu":
-        column_major_weights_(model)  # faster one-token matrix-vector products on a CPU (see model.py)
+    # the weights themselves in dtype: decoding reads each once per token, so fewer bytes are more tokens/s
+    model.eval().to(device=device, dtype=DTYPES[dtype])
+    if device == "cpu" and dtype == "float32":
+        column_major_weights_(model)  # faster fp32 matrix-vector products on a CPU (see model.py); slower in bf16
     if c["compile"]:  # forward in place, so generate's calls use it; CUDA graphs on CUDA
         model.compile(mode="reduce-overhead" if device.startswith("cuda") else None)
     ids = prompt_ids(c["start"], tokenizer, model.config.block_size)
-    # weights stay float32; matmuls run in the lower precision where dtype asks for it
-    autocast = nullcontext() if dtype == "float32" else torch.autocast(torch.device(device).type, dtype=DTYPES[dtype])
     print(f"{c['init_from']}: {sum(p.numel() for p in model.parameters()):,} parameters on {device} ({dtype})",
           file=sys.stderr)
-    with torch.no_grad(), autocast:
+    with torch.no_grad():
         generate(model, tokenizer, ids, c, device)
 
 

@@ -102,3 +102,12 @@ def test_help_lists_every_key_with_its_default(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert all(f"--{key}={value!r}" in out for key, value in train.DEFAULTS.items())
+
+
+def test_generation_dtype_is_bfloat16_on_a_cpu_that_computes_it(monkeypatch):
+    import configurator
+    monkeypatch.setattr(configurator, "cpu_computes_bf16", lambda: True)
+    assert configurator.auto_generation_dtype("cpu") == "bfloat16"
+    assert configurator.auto_dtype("cpu") == "float32"  # training on a CPU stays float32
+    monkeypatch.setattr(configurator, "cpu_computes_bf16", lambda: False)
+    assert configurator.auto_generation_dtype("cpu") == "float32"
