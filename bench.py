@@ -7,12 +7,14 @@ Speed of model.py: generation tokens/s with and without the KV cache, and traini
     python bench.py --n_layer=4 --rope=True --gqa=True --swa=True --device=cuda --dtype=bfloat16 --compile=True
     python bench.py --compile=True                    # eager, then compiled generation (minutes to compile on a CPU)
     python bench.py --compile=True --n_layer=4 --n_head=4 --n_embd=128   # small: Python overhead dominates
+    python bench.py --switches=True                   # the switches side by side: memory, prefill, decode, training
     python bench.py --long_swa=True                   # SWA at T=8192 (attention) and 4096 (training): 3 ways
 
 Weights are random (speed does not depend on them); every switch of GPTConfig is a key here. Generation is
 greedy so that no run stops early and every run does the same work.
 """
 
+import itertools
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, fields
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 
 from configurator import ConfigError, auto_device, auto_dtype, auto_generation_dtype, exit_with_error, load_config
 import model as model_py
-from model import GPT, GPTConfig, attention_mask, column_major_weights_, sliding_window_attention
+from model import GPT, GPTConfig, KVCache, attention_mask, column_major_weights_, sliding_window_attention
 
 DEFAULTS = dict(
     asdict(GPTConfig(vocab_size=50257)),  # GPT-2 124M as OpenAI shipped it
@@ -30,7 +32,11 @@ DEFAULTS = dict(
     train_batch_size=4, train_seq_len=256, train_steps=3,  # training workload (one optimizer step each)
     device="auto", dtype="auto", compile=False, compare_hf=False, seed=1337,
     long_swa=False,  # instead: SWA over long sequences, chunked (model.py) vs a dense mask vs full causal
+    switches=False,  # instead: one table, a row for each combination of rope, gqa and swa (GPT-2 124M-sized)
 )
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def timed(fn, device):
@@ -116,6 +122,46 @@ def bench_long_swa(device, repeats=3):
     model_py.sliding_window_attention = sliding_window_attention
 
 
+@torch.no_grad()
+def bench_context(model, context, new_tokens, device):
+    """(ms to prefill context tokens without a cache, tokens/s decoding after context tokens in the cache)"""
+    idx = torch.randint(model.config.vocab_size, (1, context), device=device)
+    model(idx[:, :16], last_only=True)  # warm-up
+    prefill_ms = 1000 * timed(lambda: model(idx, last_only=True), device)
+    cache = KVCache(model.config, 1, device, model.lm_head.weight.dtype, max_len=context + new_tokens)
+    model(idx[:, :context - 4], cache=cache, last_only=True)
+    for t in range(context - 4, context):  # warm-up, up to context tokens in the cache
+        model(idx[:, t:t + 1], cache=cache)
+    token = idx[:, -1:]
+    seconds = timed(lambda: [model(token, cache=cache) for _ in range(new_tokens)], device)
+    return prefill_ms, new_tokens / seconds
+
+
+def bench_switches(cfg, device, gen_dtype, autocast):
+    """One row per combination of rope, gqa and swa on GPT-2 124M's shape."""
+    print(f"GPT-2 124M-sized (12 layers, 12 heads, 768 wide), gqa: n_kv_head=4, swa: window 256; generation in "
+          f"{gen_dtype}, training batch {cfg['train_batch_size']} x {cfg['train_seq_len']}")
+    print("| rope | gqa | swa | parameters | KV cache bytes/token | prefill 1024 tokens | decode after 1000 tokens "
+          "| training |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for rope, gqa, swa in itertools.product([False, True], repeat=3):
+        config = GPTConfig(vocab_size=50257, rope=rope, gqa=gqa, swa=swa)
+        torch.manual_seed(cfg["seed"])
+        model = GPT(config).to(device=device, dtype=DTYPES[gen_dtype]).eval()
+        if device == "cpu" and gen_dtype == "float32":
+            column_major_weights_(model)
+        params = sum(p.numel() for p in model.parameters())
+        cache = KVCache(config, 1, "meta", model.lm_head.weight.dtype)
+        per_token = (cache.k.numel() + cache.v.numel()) * cache.k.element_size() // cache.k.size(3)
+        kv = f"{per_token:,}" + (f" (at most {config.window_size} tokens)" if swa else "")
+        prefill_ms, decode_rate = bench_context(model, 1000, 8, device)
+        del model
+        train_rate = bench_training(config, dict(cfg, compile=False), device, autocast)
+        flag = lambda b: "on" if b else ""
+        print(f"| {flag(rope)} | {flag(gqa)} | {flag(swa)} | {params / 1e6:.1f}M | {kv} | {prefill_ms:.0f} ms "
+              f"| {decode_rate:.1f} tokens/s | {train_rate:.0f} tokens/s |", flush=True)
+
+
 def main():
     try:
         cfg = load_config(DEFAULTS)
@@ -123,7 +169,7 @@ def main():
     except (ConfigError, ValueError) as e:
         exit_with_error(str(e))
     device = auto_device() if cfg["device"] == "auto" else cfg["device"]
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    dtypes = DTYPES
     if cfg["dtype"] not in ("auto", *dtypes):
         exit_with_error(f"dtype={cfg['dtype']!r} must be auto, float32, bfloat16 or float16")
     # generation casts the weights, as sample.py does; training keeps float32 weights under autocast, as train.py
@@ -134,10 +180,13 @@ def main():
                         f"in block_size={config.block_size}")
     if cfg["compare_hf"] and (config.rope or config.gqa or config.swa):
         exit_with_error("compare_hf=True compares plain GPT-2: turn rope, gqa and swa off")
-    autocast = nullcontext() if train_dtype == torch.float32 else torch.autocast(device.split(":")[0], dtype=train_dtype)
+    autocast = nullcontext() if train_dtype == torch.float32 else \
+        torch.autocast(device.split(":")[0], dtype=train_dtype)
     torch.manual_seed(cfg["seed"])
     if cfg["long_swa"]:
         return bench_long_swa(device)
+    if cfg["switches"]:
+        return bench_switches(cfg, device, gen_dtype, autocast)
     print(f"device {device}, dtype {gen_dtype} (generation) {str(train_dtype)[6:]} (training), "
           f"compile {cfg['compile']}, {config}")
 

@@ -394,6 +394,8 @@ def check_positions(config, T, start, cache):
                          f"crop the input")
     if cache is not None and T > 1 and start:
         raise ValueError("the KV cache takes a prompt once, then one token at a time")
+    if cache is not None and not config.swa and start + T > cache.k.size(3):  # a rolling cache may wrap around
+        raise ValueError(f"the KV cache holds {cache.k.size(3)} positions (its max_len): make it larger")
 
 
 def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):

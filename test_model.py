@@ -327,6 +327,12 @@ def test_cache_prefill_then_decode_equals_one_forward(rope, gqa, swa):
     model(idx[:, :5], cache=cache)
     with pytest.raises(ValueError, match="prompt once"):
         model(idx[:, 5:8], cache=cache)
+    cache = KVCache(config, 2, "cpu", torch.float32, max_len=6)
+    model(idx[:, :5], cache=cache)
+    model(idx[:, 5:6], cache=cache)
+    if not swa:
+        with pytest.raises(ValueError, match="holds 6 positions"):
+            model(idx[:, 6:7], cache=cache)
 
 
 def test_cache_memory_holds_kv_heads_and_window_only():
