@@ -1,29 +1,41 @@
 """
 Speed of model.py: generation tokens/s with and without the KV cache, and training tokens/s.
 
-    python bench.py                                   # GPT-2 124M, fp32, batch 1, 16-token prompt, 128 new
+    python bench.py                                   # GPT-2 124M, batch 1, 16-token prompt, 128 new tokens
+    python bench.py --dtype=float32                   # generation in float32 (auto: as sample.py chooses)
     python bench.py --compare_hf=True                 # transformers' GPT2LMHeadModel on the same workload
     python bench.py --n_layer=4 --rope=True --gqa=True --swa=True --device=cuda --dtype=bfloat16 --compile=True
+    python bench.py --compile=True                    # eager, then compiled generation (minutes to compile on a CPU)
+    python bench.py --compile=True --n_layer=4 --n_head=4 --n_embd=128   # small: Python overhead dominates
+    python bench.py --switches=True                   # the switches side by side: memory, prefill, decode, training
+    python bench.py --long_swa=True                   # SWA at T=8192 (attention) and 4096 (training): 3 ways
 
 Weights are random (speed does not depend on them); every switch of GPTConfig is a key here. Generation is
 greedy so that no run stops early and every run does the same work.
 """
 
+import itertools
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, fields
 
 import torch
+import torch.nn.functional as F
 
-from configurator import DTYPES, UserError, exit_with_error, load_config, pick_device
-from model import GPT, GPTConfig, column_major_weights_
+from configurator import DTYPES, UserError, exit_with_error, load_config, pick_device, pick_dtype
+import model as model_py
+from model import GPT, GPTConfig, KVCache, attention_mask, column_major_weights_, sliding_window_attention
 
 DEFAULTS = dict(
     asdict(GPTConfig(vocab_size=50257)),  # GPT-2 124M as OpenAI shipped it
     batch_size=1, prompt_len=16, max_new_tokens=128,   # generation workload
     train_batch_size=4, train_seq_len=256, train_steps=3,  # training workload (one optimizer step each)
-    device="auto", dtype="float32", compile=False, compare_hf=False, seed=1337,
+    device="auto", dtype="auto", compile=False, compare_hf=False, seed=1337,
+    long_swa=False,  # instead: SWA over long sequences, chunked (model.py) vs a dense mask vs full causal
+    switches=False,  # instead: one table, a row for each combination of rope, gqa and swa (GPT-2 124M-sized)
 )
+
+
 
 
 def timed(fn, device):
@@ -36,10 +48,10 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
-def bench_generation(model, prompt, new_tokens, use_cache, device, autocast):
-    with autocast:
-        model.generate(prompt, 4, temperature=0.0, use_cache=use_cache)  # warm-up (and compile)
-        seconds = timed(lambda: model.generate(prompt, new_tokens, temperature=0.0, use_cache=use_cache), device)
+def bench_generation(model, prompt, new_tokens, use_cache, device, compiled=False):
+    # warm-up; compiling needs the same lengths as the run (the cache's size is one)
+    model.generate(prompt, new_tokens if compiled else 4, temperature=0.0, use_cache=use_cache)
+    seconds = timed(lambda: model.generate(prompt, new_tokens, temperature=0.0, use_cache=use_cache), device)
     return prompt.size(0) * new_tokens / seconds
 
 
@@ -49,9 +61,9 @@ def bench_hf_generation(model, prompt, new_tokens, use_cache, device):
     c = model.config
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
                                     n_layer=c.n_layer, n_head=c.n_head)).to(device).eval()
-    from load_gpt2 import CONV1D_WEIGHTS
+    from load_gpt2 import CONV1D_WEIGHTS as conv1d
     ours = model.state_dict()
-    hf.load_state_dict({k: (ours[k].t() if k.endswith(CONV1D_WEIGHTS) else ours[k]).contiguous()
+    hf.load_state_dict({k: (ours[k].t() if k.endswith(conv1d) else ours[k]).contiguous()
                         for k in hf.state_dict() if k in ours}, strict=False)
     args = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=use_cache,
                 pad_token_id=0, attention_mask=torch.ones_like(prompt))
@@ -80,39 +92,117 @@ def bench_training(config, cfg, device, autocast):
     return cfg["train_steps"] * x.numel() / seconds
 
 
+def dense_window_attention(q, k, v, window_size, dropout_p=0.0):
+    """SWA as a dense (T, T) mask: the same values as sliding_window_attention, at O(T^2) cost."""
+    pos = torch.arange(q.size(2), device=q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(pos, pos, window_size),
+                                          dropout_p=dropout_p, enable_gqa=k.size(1) != q.size(1))
+
+
+def bench_long_swa(device, repeats=3):
+    """Attention alone (T=8192, window 256, B=1, 4 heads of 32, forward and backward), then training a small
+    model at block 4096, window 256: full causal attention, SWA with a dense mask, SWA in chunks. Best of repeats."""
+    T, W = 8192, 256
+    q, k, v = (torch.randn(1, 4, T, 32, device=device, requires_grad=True) for _ in range(3))
+    ways = {"full causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+            "SWA, dense mask": lambda: dense_window_attention(q, k, v, W),
+            "SWA, chunked": lambda: sliding_window_attention(q, k, v, W)}
+    for name, attend in ways.items():
+        ms = 1000 * min(timed(lambda: attend().sum().backward(), device) for _ in range(repeats))
+        print(f"attention T={T} window {W}, B=1, 4 heads of 32, forward+backward, {name:16s}: {ms:8.1f} ms")
+    cfg = dict(train_batch_size=1, train_seq_len=4096, train_steps=repeats, compile=False)
+    small = dict(block_size=4096, vocab_size=256, n_layer=4, n_head=4, n_embd=128, window_size=W)
+    for name, swa, attention in [("full causal", False, sliding_window_attention),
+                                 ("SWA, dense mask", True, dense_window_attention),
+                                 ("SWA, chunked", True, sliding_window_attention)]:
+        model_py.sliding_window_attention = attention  # what CausalSelfAttention calls under SWA
+        rate = bench_training(GPTConfig(**small, swa=swa), cfg, device, nullcontext())
+        print(f"train block 4096, 4 layers of 128, 4 heads, vocab 256, {name:16s}: {rate:8.1f} tokens/s")
+    model_py.sliding_window_attention = sliding_window_attention
+
+
+@torch.no_grad()
+def bench_context(model, context, new_tokens, device):
+    """(ms to prefill context tokens without a cache, tokens/s decoding after context tokens in the cache)"""
+    idx = torch.randint(model.config.vocab_size, (1, context), device=device)
+    model(idx[:, :16], last_only=True)  # warm-up
+    prefill_ms = 1000 * timed(lambda: model(idx, last_only=True), device)
+    cache = KVCache(model.config, 1, device, model.lm_head.weight.dtype, max_len=context + new_tokens)
+    model(idx[:, :context - 4], cache=cache, last_only=True)
+    for t in range(context - 4, context):  # warm-up, up to context tokens in the cache
+        model(idx[:, t:t + 1], cache=cache)
+    token = idx[:, -1:]
+    seconds = timed(lambda: [model(token, cache=cache) for _ in range(new_tokens)], device)
+    return prefill_ms, new_tokens / seconds
+
+
+def bench_switches(cfg, device, gen_dtype, autocast):
+    """One row per combination of rope, gqa and swa on GPT-2 124M's shape."""
+    print(f"GPT-2 124M-sized (12 layers, 12 heads, 768 wide), gqa: n_kv_head=4, swa: window 256; generation in "
+          f"{gen_dtype}, training batch {cfg['train_batch_size']} x {cfg['train_seq_len']}")
+    print("| rope | gqa | swa | parameters | KV cache bytes/token | prefill 1024 tokens | decode after 1000 tokens "
+          "| training |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for rope, gqa, swa in itertools.product([False, True], repeat=3):
+        config = GPTConfig(vocab_size=50257, rope=rope, gqa=gqa, swa=swa)
+        torch.manual_seed(cfg["seed"])
+        model = GPT(config).to(device=device, dtype=DTYPES[gen_dtype]).eval()
+        if device == "cpu" and gen_dtype == "float32":
+            column_major_weights_(model)
+        params = sum(p.numel() for p in model.parameters())
+        cache = KVCache(config, 1, "meta", model.lm_head.weight.dtype)
+        per_token = (cache.k.numel() + cache.v.numel()) * cache.k.element_size() // cache.k.size(3)
+        kv = f"{per_token:,}" + (f" (at most {config.window_size} tokens)" if swa else "")
+        prefill_ms, decode_rate = bench_context(model, 1000, 8, device)
+        del model
+        train_rate = bench_training(config, dict(cfg, compile=False), device, autocast)
+        flag = lambda b: "on" if b else ""
+        print(f"| {flag(rope)} | {flag(gqa)} | {flag(swa)} | {params / 1e6:.1f}M | {kv} | {prefill_ms:.0f} ms "
+              f"| {decode_rate:.1f} tokens/s | {train_rate:.0f} tokens/s |", flush=True)
+
+
 def main():
     try:
         cfg = load_config(DEFAULTS)
         config = GPTConfig(**{f.name: cfg[f.name] for f in fields(GPTConfig)})
-        device = str(pick_device(cfg["device"]))
+        device = pick_device(cfg["device"])
+        # generation casts the weights, as sample.py does; training keeps float32 weights under autocast, as train.py
+        gen_dtype = pick_dtype(cfg["dtype"], device, generation=True)
+        train_dtype = DTYPES[pick_dtype(cfg["dtype"], device)]
     except (UserError, ValueError) as e:
         exit_with_error(str(e))
-    dtype = DTYPES.get(cfg["dtype"])
-    if dtype is None:
-        exit_with_error(f"dtype={cfg['dtype']!r} must be {', '.join(DTYPES)}")
+    device = str(device)
     if cfg["prompt_len"] + cfg["max_new_tokens"] > config.block_size:
         exit_with_error(f"prompt_len + max_new_tokens = {cfg['prompt_len'] + cfg['max_new_tokens']} must fit "
                         f"in block_size={config.block_size}")
     if cfg["compare_hf"] and (config.rope or config.gqa or config.swa):
         exit_with_error("compare_hf=True compares plain GPT-2: turn rope, gqa and swa off")
-    autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device.split(":")[0], dtype=dtype)
+    autocast = nullcontext() if train_dtype == torch.float32 else \
+        torch.autocast(device.split(":")[0], dtype=train_dtype)
     torch.manual_seed(cfg["seed"])
-    print(f"device {device}, dtype {cfg['dtype']}, compile {cfg['compile']}, {config}")
+    if cfg["long_swa"]:
+        return bench_long_swa(device)
+    if cfg["switches"]:
+        return bench_switches(cfg, device, gen_dtype, autocast)
+    print(f"device {device}, dtype {gen_dtype} (generation) {str(train_dtype)[6:]} (training), "
+          f"compile {cfg['compile']}, {config}")
 
-    model = GPT(config).to(device).eval()
-    if device == "cpu":
+    model = GPT(config).to(device=device, dtype=DTYPES[gen_dtype]).eval()
+    if device == "cpu" and gen_dtype == "float32":
         column_major_weights_(model)  # as sample.py does for generation on a CPU
-    if cfg["compile"]:
-        model.forward = torch.compile(model.forward, dynamic=True)
     prompt = torch.randint(config.vocab_size, (cfg["batch_size"], cfg["prompt_len"]), device=device)
     workload = f"batch {cfg['batch_size']}, {cfg['prompt_len']}-token prompt, {cfg['max_new_tokens']} new tokens"
     for use_cache in (True, False):
-        rate = bench_generation(model, prompt, cfg["max_new_tokens"], use_cache, device, autocast)
+        rate = bench_generation(model, prompt, cfg["max_new_tokens"], use_cache, device)
         line = f"generate, {'with' if use_cache else 'without'} cache: {rate:8.1f} tokens/s"
         if cfg["compare_hf"]:
             hf_rate = bench_hf_generation(model, prompt, cfg["max_new_tokens"], use_cache, device)
-            line += f"   (transformers GPT2LMHeadModel: {hf_rate:.1f} tokens/s)"
+            line += f"   (transformers GPT2LMHeadModel, float32: {hf_rate:.1f} tokens/s)"
         print(f"{line}   [{workload}]")
+    if cfg["compile"]:  # in place, as sample.py does: one graph for prefill, one for every decode step
+        model.compile(mode="reduce-overhead" if device.startswith("cuda") else None)
+        rate = bench_generation(model, prompt, cfg["max_new_tokens"], True, device, compiled=True)
+        print(f"generate, with cache, compiled: {rate:8.1f} tokens/s   [{workload}]")
     rate = bench_training(config, cfg, device, autocast)
     print(f"train (forward, backward, AdamW step): {rate:8.1f} tokens/s   "
           f"[batch {cfg['train_batch_size']} x {cfg['train_seq_len']} tokens]")

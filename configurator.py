@@ -165,10 +165,15 @@ def pick_device(name):
     return device
 
 
-def pick_dtype(name, device):
-    """The dtype name for device: 'auto' is bfloat16 on a CUDA device that supports it, else float32."""
+def pick_dtype(name, device, generation=False):
+    """The dtype name for device. 'auto' is bfloat16 on a CUDA device that supports it, and for generation also on
+    a CPU that computes bfloat16 natively (it reads every weight once per token: half the bytes, nearly twice
+    the speed); else float32, which training on a CPU keeps."""
     if name == "auto":
-        return "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+        if device.type == "cuda" and torch.cuda.is_bf16_supported() or generation and device.type == "cpu" \
+                and cpu_computes_bf16():
+            return "bfloat16"
+        return "float32"
     if name not in DTYPES:
         raise ConfigError(f"dtype={name!r} must be auto, {', '.join(DTYPES)}")
     if name == "float16" and device.type == "cpu":
@@ -176,3 +181,14 @@ def pick_dtype(name, device):
     if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("this GPU does not support bfloat16: use dtype=float16")
     return name
+
+
+def cpu_computes_bf16():
+    """True when this CPU has bfloat16 instructions (x86 AVX-512 BF16 or AMX, Arm BF16), so that bf16 matmuls
+    run natively instead of converting to float32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = set(f.read().split())
+    except OSError:  # not Linux: assume not
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})

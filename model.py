@@ -10,7 +10,9 @@ each visible at one place in the code:
 - gqa: grouped-query attention. n_kv_head key/value heads; query head h reads key/value head
   h // (n_head // n_kv_head). The KV cache holds n_kv_head heads only. Seen where c_attn's output is split.
 - swa: sliding-window attention. The query at position i sees keys j with i - window_size < j <= i, and
-  the KV cache becomes a rolling buffer of window_size slots. Seen where the mask is built (GPT.forward).
+  the KV cache becomes a rolling buffer of window_size slots. Seen where attention is computed
+  (CausalSelfAttention.forward): past window_size tokens, sliding_window_attention computes only the pairs
+  the window allows, at O(T * window_size) cost.
 
 Shapes: B batch, T time (sequence length), C n_embd, V vocab_size, nh n_head, nkv key/value heads
 (n_kv_head under gqa, else n_head), hd head size = C // nh, L n_layer, S the cache's slots.
@@ -85,6 +87,31 @@ def attention_mask(q_pos, k_pos, window_size=None):
     return mask
 
 
+def sliding_window_attention(q, k, v, window_size, dropout_p=0.0):
+    """
+    Causal attention within the window, q (B, nh, T, hd), k and v (B, nkv, T, hd), at O(T * window_size) cost:
+    the queries go in chunks of window_size, and chunk c attends to the keys of chunks c - 1 and c only, the
+    only ones its window reaches. A dense (T, T) mask would give the same values at O(T^2) cost, and more
+    than plain causal attention, whose kernels skip the masked half. T is padded up to whole chunks; padded
+    keys lie in every real query's future and padded queries are dropped.
+    """
+    B, nh, T, hd = q.shape
+    W, n = window_size, -(-T // window_size)  # n chunks
+    pad = lambda t: F.pad(t, (0, 0, 0, n * W - T)).unflatten(2, (n, W))  # (B, h, n, W, hd)
+    q, k, v = pad(q), pad(k), pad(v)
+    before = lambda t: F.pad(t, (0, 0, 0, 0, 1, 0))[:, :, :-1]  # chunk c - 1 at index c (zeros before chunk 0)
+    k, v = torch.cat((before(k), k), dim=3), torch.cat((before(v), v), dim=3)  # (B, nkv, n, 2W, hd)
+    # chunks into the batch: (B * n, heads, ...), as SDPA (and enable_gqa) expects heads at dim -3
+    to_batch = lambda t: t.transpose(1, 2).flatten(0, 1)
+    # the band: query i of a chunk is at position W + i of the 2W keys; chunk 0 has no chunk before it
+    mask = attention_mask(torch.arange(W, 2 * W, device=q.device), torch.arange(2 * W, device=q.device), W)
+    mask = mask.repeat(B * n, 1, 1, 1)                                      # (B * n, 1, W, 2W)
+    mask[::n, :, :, :W] = False
+    y = F.scaled_dot_product_attention(to_batch(q), to_batch(k), to_batch(v), attn_mask=mask, dropout_p=dropout_p,
+                                       enable_gqa=k.size(1) != nh)         # (B * n, nh, W, hd)
+    return y.unflatten(0, (B, n)).transpose(1, 2).flatten(2, 3)[:, :, :T]   # (B, nh, T, hd)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The model
 
@@ -100,6 +127,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_size, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
+        self.window_size = config.window_size if config.swa else None
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, cos_sin, mask, cache):
@@ -113,11 +141,16 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)             # (B, nkv, Tk, hd): the keys this step sees
-        # mask None is plain causal attention (the flash kernels on CUDA), or one new token that sees every key
-        # the cache returns. Under GQA query head h reads kv head h // (nh // nkv): enable_gqa, no copies.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=mask is None and T > 1,
-                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hd)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.window_size is not None and T > self.window_size:  # SWA: only the keys in the window are computed
+            y = sliding_window_attention(q, k, v, self.window_size, dropout_p)  # (B, nh, T, hd)
+        else:
+            # mask None is plain causal attention (the flash kernels on CUDA; under SWA too while T fits in the
+            # window), or one new token that sees every key the cache returns. Under GQA query head h reads kv
+            # head h // (nh // nkv): enable_gqa, no copies.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                               is_causal=mask is None,
+                                               enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -183,11 +216,10 @@ class GPT(nn.Module):
         cfg = self.config
         check_token_ids(idx)
         B, T = idx.size()
-        start = 0 if cache is None else cache.pos
-        if T > cfg.block_size or not cfg.rope and start + T > cfg.block_size:
-            raise ValueError(f"sequence length T={T} from position {start} exceeds block_size={cfg.block_size}: "
-                             f"crop the input")
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        start = 0 if cache is None else cache.pos                # the cache's position is a 0-dim tensor
+        if not torch.compiler.is_compiling():  # checks that read the position as a number, which a compiled
+            check_positions(cfg, T, int(start), cache)           # step must not: it serves every position
+        pos = start + torch.arange(T, device=idx.device)          # (T,)
 
         # positions enter: added as learned vectors, or (RoPE) as rotations inside attention
         x = self.transformer.wte(idx)                            # (B, T, C)
@@ -198,8 +230,9 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
 
-        # the mask: None is plain causal; SWA hides keys window_size or more positions back
-        mask = attention_mask(pos, pos, cfg.window_size) if cfg.swa and T > 1 else None
+        # the mask: None is plain causal (SWA's window is applied in attention); one new token sees the cache's
+        # filled slots
+        mask = cache.filled_slots() if cache is not None and T == 1 else None
 
         for block in self.transformer.h:
             x = block(x, cos_sin, mask, cache)
@@ -241,15 +274,20 @@ class GPT(nn.Module):
         check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
         cfg = self.config
         runs_on = cfg.swa and cfg.rope  # the only cache that can go past block_size
-        cache, seq = None, idx
-        for _ in range(max_new_tokens):
+        cache, cached, seq = None, 0, idx
+        for step in range(max_new_tokens):
             if not use_cache:
                 logits, _ = self(seq[:, -cfg.block_size:], last_only=True)
-            elif cache is None or (cache.pos >= cfg.block_size and not runs_on):
-                cache = KVCache(cfg, seq.size(0), seq.device, self.lm_head.weight.dtype)
-                logits, _ = self(seq[:, -cfg.block_size:], cache=cache, last_only=True)  # prefill
+            elif cache is None or (cached >= cfg.block_size and not runs_on):
+                prompt = seq[:, -cfg.block_size:]
+                # room for the prompt and the tokens still to feed back (the last one never is)
+                cache = KVCache(cfg, seq.size(0), seq.device, self.lm_head.weight.dtype,
+                                max_len=prompt.size(1) + max_new_tokens - 1 - step)
+                logits, _ = self(prompt, cache=cache, last_only=True)  # prefill
+                cached = prompt.size(1)
             else:
                 logits, _ = self(seq[:, -1:], cache=cache)               # decode one position
+                cached += 1
             next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
             seq = torch.cat((seq, next_token), dim=1)
             yield next_token
@@ -267,33 +305,43 @@ class KVCache(nn.Module):
     Without SWA, S = block_size and slot t holds position t: no growing torch.cat, no allocation per step.
     With SWA, S = window_size: a rolling buffer where slot t % window_size holds position t (as in
     Mistral). Memory is bounded by the window, and under RoPE positions may run on past block_size.
+    max_len, when known, caps S: generation sizes the cache to the prompt and the tokens it will add.
+
+    A decode step has the same shapes at every position, as in gpt-fast: the position is a tensor, the step
+    writes slot pos % S and attends over all S slots with a mask that hides the empty ones. So one graph of
+    torch.compile serves every position.
     """
 
-    def __init__(self, config, batch_size, device, dtype):
+    def __init__(self, config, batch_size, device, dtype, max_len=None):
         super().__init__()
-        slots = config.window_size if config.swa else config.block_size
+        slots = min(config.window_size if config.swa else config.block_size, max_len or config.block_size)
         n_kv_head = config.n_kv_head if config.gqa else config.n_head
         shape = (config.n_layer, batch_size, n_kv_head, slots, config.n_embd // config.n_head)
-        self.register_buffer("k", torch.empty(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.empty(shape, device=device, dtype=dtype), persistent=False)
-        self.pos = 0  # tokens seen so far: the next token's position
+        # zeros, not empty: masked slots must hold numbers, as NaN * 0 would still be NaN
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        # tokens seen so far: the next token's position
+        self.register_buffer("pos", torch.zeros((), dtype=torch.long, device=device), persistent=False)
 
     def update(self, layer, k, v):
         """Store k, v (B, nkv, T, hd) of the next T positions; return the keys and values they attend over."""
         T, S, ks, vs = k.size(2), self.k.size(3), self.k[layer], self.v[layer]
-        if T > 1:  # prefill: the prompt attends to itself; its last S positions stay for decoding
-            if self.pos:
-                raise ValueError("the KV cache takes a prompt once, then one token at a time")
+        if T > 1:  # prefill, into the empty cache: the prompt attends to itself; its last S positions stay
             keep = min(T, S)
             slots = torch.arange(T - keep, T, device=k.device) % S
             ks.index_copy_(2, slots, k[:, :, -keep:])
             vs.index_copy_(2, slots, v[:, :, -keep:])
             return k, v
-        # decode: position pos goes to slot pos % S (the oldest slot, under SWA); every filled slot is in reach
-        ks[:, :, self.pos % S] = k[:, :, 0]
-        vs[:, :, self.pos % S] = v[:, :, 0]
-        n = min(self.pos + 1, S)
-        return ks[:, :, :n], vs[:, :, :n]
+        # decode: position pos goes to slot pos % S (the oldest slot, under SWA); filled_slots() masks the rest
+        slot = (self.pos % S).view(1)
+        ks.index_copy_(2, slot, k)
+        vs.index_copy_(2, slot, v)
+        return ks, vs
+
+    def filled_slots(self):
+        """(1, S) booleans, True where a slot holds a position, during decoding (after update): slots fill in
+        order from 0, and all are filled once pos >= S - 1."""
+        return (torch.arange(self.k.size(3), device=self.pos.device) <= self.pos)[None, :]
 
     def advance(self, T):
         self.pos += T
@@ -338,6 +386,16 @@ def check_token_ids(idx):
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.is_floating_point() or idx.dtype == torch.bool:
         raise ValueError(f"idx must be a (B, T) tensor of integer token ids, got {getattr(idx, 'dtype', type(idx))} "
                          f"of shape {tuple(getattr(idx, 'shape', ()))}")
+
+
+def check_positions(config, T, start, cache):
+    if T > config.block_size or not config.rope and start + T > config.block_size:
+        raise ValueError(f"sequence length T={T} from position {start} exceeds block_size={config.block_size}: "
+                         f"crop the input")
+    if cache is not None and T > 1 and start:
+        raise ValueError("the KV cache takes a prompt once, then one token at a time")
+    if cache is not None and not config.swa and start + T > cache.k.size(3):  # a rolling cache may wrap around
+        raise ValueError(f"the KV cache holds {cache.k.size(3)} positions (its max_len): make it larger")
 
 
 def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):

@@ -14,7 +14,6 @@ as one batch and printed in turn. The text goes to stdout, everything else to st
 import codecs
 import os
 import sys
-from contextlib import nullcontext
 
 import tiktoken
 import torch
@@ -36,7 +35,7 @@ DEFAULTS = dict(
     top_p=None,           # nucleus sampling, e.g. 0.9; None is off
     seed=1337,            # the same seed and options give the same text
     device="auto",        # auto: cuda, then mps, then cpu
-    dtype="auto",         # float32, bfloat16 or float16; auto: bfloat16 on CUDA that supports it, else float32
+    dtype="auto",         # auto: bfloat16 on CUDA and on a CPU with native bf16, else float32 (GPT-2's exact numerics)
     compile=False,        # torch.compile the model: slow to start, faster per token on a GPU
     use_cache=True,       # the KV cache: each new token costs one position instead of the whole context
     # changes to the trained model (see load_gpt2.apply_overrides); None keeps the checkpoint's
@@ -119,7 +118,7 @@ def check_config(c):
     if problem:
         raise ConfigError(problem)
     device = pick_device(c["device"])
-    return device, pick_dtype(c["dtype"], device)
+    return device, pick_dtype(c["dtype"], device, generation=True)
 
 
 def prompt_ids(start, tokenizer, block_size):
@@ -181,17 +180,16 @@ def sample(c):
     if model.config.vocab_size < tokenizer.vocab_size:
         raise LoadError(f"the model's vocab_size={model.config.vocab_size} is smaller than its tokenizer's "
                         f"{tokenizer.vocab_size} tokens: the two do not belong together")
-    model.eval().to(device)
-    if device.type == "cpu":
-        column_major_weights_(model)  # faster one-token matrix-vector products on a CPU (see model.py)
-    if c["compile"]:
-        model.compile()  # compiles forward in place, so generate's calls use it
+    # the weights themselves in dtype: decoding reads each once per token, so fewer bytes are more tokens/s
+    model.eval().to(device=device, dtype=DTYPES[dtype])
+    if device.type == "cpu" and dtype == "float32":
+        column_major_weights_(model)  # faster fp32 matrix-vector products on a CPU (see model.py); slower in bf16
+    if c["compile"]:  # forward in place, so generate's calls use it; CUDA graphs on CUDA
+        model.compile(mode="reduce-overhead" if device.type == "cuda" else None)
     ids = prompt_ids(tokenizer.default_prompt if c["start"] is None else c["start"], tokenizer, model.config.block_size)
-    # weights stay float32; matmuls run in the lower precision where dtype asks for it
-    autocast = nullcontext() if dtype == "float32" else torch.autocast(device.type, dtype=DTYPES[dtype])
     print(f"{c['init_from']}: {sum(p.numel() for p in model.parameters()):,} parameters on {device} ({dtype})",
           file=sys.stderr)
-    with torch.no_grad(), autocast:
+    with torch.no_grad():
         generate(model, tokenizer, ids, c, device)
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import train
 from configurator import ConfigError, load_config, read_config_file
@@ -143,3 +144,13 @@ def test_help_shows_each_keys_comment(script, line):
                          timeout=60).stdout
     row = next(l for l in out.splitlines() if l.strip().startswith(line))
     assert len(row.split(line, 1)[1].strip()) > 5, row  # the comment written beside the default
+
+
+def test_generation_dtype_is_bfloat16_on_a_cpu_that_computes_it(monkeypatch):
+    import configurator
+    cpu = torch.device('cpu')
+    monkeypatch.setattr(configurator, "cpu_computes_bf16", lambda: True)
+    assert configurator.pick_dtype("auto", cpu, generation=True) == "bfloat16"
+    assert configurator.pick_dtype("auto", cpu) == "float32"  # training on a CPU stays float32
+    monkeypatch.setattr(configurator, "cpu_computes_bf16", lambda: False)
+    assert configurator.pick_dtype("auto", cpu, generation=True) == "float32"

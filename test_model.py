@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, KVCache, apply_rope, attention_mask, rope_cos_sin
+import model as model_py
+from model import GPT, GPTConfig, KVCache, apply_rope, attention_mask, rope_cos_sin, sliding_window_attention
 
 SWITCHES = list(itertools.product([False, True], repeat=3))  # (rope, gqa, swa)
 
@@ -212,6 +213,44 @@ def test_attention_mask_rule():
             assert mask[i, j].item() == (i - 3 < j <= i)
 
 
+def dense_window_attention(q, k, v, window_size, dropout_p=0.0):
+    """The reference: SDPA with the dense (T, T) mask of attention_mask."""
+    pos = torch.arange(q.size(2))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(pos, pos, window_size),
+                                          dropout_p=dropout_p, enable_gqa=k.size(1) != q.size(1))
+
+
+@pytest.mark.parametrize("T,W,n_kv_head", [(24, 6, 4), (20, 6, 2), (13, 4, 1), (5, 6, 2)])
+def test_sliding_window_attention_equals_the_dense_mask(T, W, n_kv_head):
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, T, 8, requires_grad=True)
+    k, v = (torch.randn(2, n_kv_head, T, 8, requires_grad=True) for _ in range(2))
+    y, expected = sliding_window_attention(q, k, v, W), dense_window_attention(q, k, v, W)
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=0)
+    dy = torch.randn_like(y)
+    for g, g_expected in zip(torch.autograd.grad(y, (q, k, v), dy), torch.autograd.grad(expected, (q, k, v), dy)):
+        torch.testing.assert_close(g, g_expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("T", [24, 20])  # whole chunks of the window, and a ragged last chunk
+def test_swa_model_equals_the_dense_mask_in_values_and_gradients(T, monkeypatch):
+    model = perturbed_model(tiny_config(rope=True, gqa=True, swa=True, window_size=6)).train()
+    idx = torch.randint(97, (2, T))
+
+    def loss_and_grads():
+        model.zero_grad()
+        _, loss = model(idx, idx)
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    loss, grads = loss_and_grads()
+    monkeypatch.setattr(model_py, "sliding_window_attention", dense_window_attention)
+    expected_loss, expected_grads = loss_and_grads()
+    torch.testing.assert_close(loss, expected_loss, atol=1e-5, rtol=0)
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], atol=1e-5, rtol=0, msg=name)
+
+
 @pytest.mark.parametrize("rope,gqa", [(False, False), (True, True)])
 def test_swa_with_window_covering_the_sequence_is_causal_attention(rope, gqa):
     full = perturbed_model(tiny_config(rope, gqa))
@@ -288,6 +327,12 @@ def test_cache_prefill_then_decode_equals_one_forward(rope, gqa, swa):
     model(idx[:, :5], cache=cache)
     with pytest.raises(ValueError, match="prompt once"):
         model(idx[:, 5:8], cache=cache)
+    cache = KVCache(config, 2, "cpu", torch.float32, max_len=6)
+    model(idx[:, :5], cache=cache)
+    model(idx[:, 5:6], cache=cache)
+    if not swa:
+        with pytest.raises(ValueError, match="holds 6 positions"):
+            model(idx[:, 6:7], cache=cache)
 
 
 def test_cache_memory_holds_kv_heads_and_window_only():
@@ -317,6 +362,24 @@ def test_cache_costs_one_position_per_new_token():
     lengths.clear()
     model.generate(torch.randint(97, (2, 9)), 10, temperature=0.0, use_cache=False)
     assert lengths == list(range(9, 19))
+
+
+@pytest.mark.parametrize("rope,gqa,swa", [(False, False, False), (True, True, True)])
+def test_compiled_decoding_gives_eager_tokens_from_one_graph_for_every_position(rope, gqa, swa):
+    from torch._dynamo.utils import counters
+    model = perturbed_model(tiny_config(rope, gqa, swa))
+    idx = torch.randint(97, (2, 7))
+    expected = model.generate(idx, 25, temperature=0.0)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        model.compile(backend="aot_eager")  # dynamo's graphs without inductor's minutes of code generation
+        assert torch.equal(model.generate(idx, 25, temperature=0.0), expected)
+        assert counters["stats"]["unique_graphs"] == 2  # prefill, and one decode step for 24 positions
+        assert torch.equal(model.generate(idx, 25, temperature=0.0), expected)
+        assert counters["stats"]["unique_graphs"] == 2  # a second generation compiles nothing
+    finally:
+        torch._dynamo.reset()
 
 
 def test_sampling_is_reproducible_with_a_generator():

@@ -588,7 +588,7 @@ def test_a_cpu_run_that_will_take_long_says_so_and_names_the_cpu_config(data_dir
     train.warn_if_slow(model, datasets, cfg, torch.autocast('cpu', enabled=False), 1, 1, 0)
     out = capsys.readouterr().out
     assert 'an evaluation will take about' in out and 'config/train_shakespeare_char_cpu.py' in out
-    cfg.eval_iters = 2
+    cfg.eval_iters, cfg.max_iters = 2, 10
     train.warn_if_slow(model, datasets, cfg, torch.autocast('cpu', enabled=False), 1, 1, 0)
     assert capsys.readouterr().out == ''  # a quick run says nothing
 
