@@ -328,6 +328,15 @@ def meta_problem(meta):
 # -----------------------------------------------------------------------------
 # model
 
+def open_hellaswag(cfg, tokenizer):
+    """HellaSwag's validation examples in the model's tokens, for hellaswag=True: read (or downloaded) by every
+    rank before training starts."""
+    try:
+        return load_hellaswag(tokenizer, cfg.block_size)
+    except (HellaSwagError, OSError) as e:
+        fail(f"hellaswag=True: {e}")
+
+
 def init_model(cfg, meta, ckpt):
     """The model to train, on the CPU, as cfg.init_from asks: new weights, the run in out_dir/ckpt.pt, or
     OpenAI's GPT-2 (ckpt: the checkpoint read_config loaded to resume); with its tokenizer."""
@@ -398,6 +407,17 @@ def wrap_model(model, cfg, device, distributed):
     return model
 
 
+def describe_run(cfg, model, device, world_size, distributed):
+    """Print how the run is set up (once, from rank 0); returns the model's training FLOPs per token (for MFU)."""
+    n_params = sum(p.numel() for p in model.parameters()) - (0 if cfg.rope else model.transformer.wpe.weight.numel())
+    flops_token = flops_per_token(model.config, n_params)
+    mode = f"{cfg.parallel} under torchrun, world size {world_size}" if distributed else "one process, world size 1"
+    log(f"training: {mode}, device {device}, dtype {cfg.dtype}, compile {cfg.compile}, init_from {cfg.init_from}")
+    log("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in sorted(vars(cfg).items())))
+    log(f"model: {n_params / 1e6:.2f}M parameters (without position embeddings), {flops_token / 1e6:.1f} MFLOPs per token")
+    return flops_token
+
+
 def flops_per_token(config, n_params):
     """Training FLOPs per token: 6 per weight (multiply-add, forward and backward) plus attention's scores and
     weighted sum, 12 * n_layer * n_head * head_dim * context (as PaLM counts it). n_params excludes position
@@ -418,13 +438,18 @@ def device_peak_flops(cfg, device):
 # -----------------------------------------------------------------------------
 # optimization, evaluation, checkpoints and logs
 
-def configure_optimizer(model, cfg, device):
-    """AdamW with weight decay on the 2-D weights (matmuls, embeddings) only, not on biases and LayerNorms."""
+def configure_optimizer(model, cfg, device, state=None, distributed=False):
+    """AdamW with weight decay on the 2-D weights (matmuls, embeddings) only, not on biases and LayerNorms; with
+    a checkpoint's full optimizer state when given (sharded where the model is)."""
     params = [p for p in model.parameters() if p.requires_grad]  # the tied wte/lm_head appears once
     groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': cfg.weight_decay},
               {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
     fused = device.type in ('cuda', 'cpu')  # one kernel for all parameters: on a CPU 0.3 ms a step instead of 1
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    if state:
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(
+            full_state_dict=True, broadcast_from_rank0=distributed))
+    return optimizer
 
 
 def get_lr(it, cfg):
@@ -567,6 +592,19 @@ def batch_loss(model, x, y, ctx):
     return loss.item()
 
 
+def open_log(cfg, iter_num):
+    """out_dir/log.jsonl opened for appending (rank 0; None elsewhere), with a line that marks this run's start;
+    and the Weights & Biases run when wandb_log."""
+    if not MASTER:
+        return None
+    log_file = os.open(os.path.join(cfg.out_dir, 'log.jsonl'), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    record(log_file, {'iter': iter_num, 'event': 'start', 'init_from': cfg.init_from, 'time': time.time()}, cfg)
+    if cfg.wandb_log:
+        import wandb
+        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
+    return log_file
+
+
 def record(log_file, entry, cfg):
     """One line of out_dir/log.jsonl (rank 0), and the same to Weights & Biases when wandb_log. The file is
     only appended to, a whole line at a time: a full disk leaves no torn line behind."""
@@ -607,33 +645,19 @@ def main(argv=None):
     raw_model, tokenizer = init_model(cfg, meta, ckpt)  # raw_model: GPT's own names, for checkpoints and AdamW
     iter_num = ckpt.get('iter_num', 0) if ckpt else 0
     best_val_loss = ckpt.get('best_val_loss', float('inf')) if ckpt else float('inf')
-    try:  # every rank reads (or downloads once) the examples now
-        hellaswag_examples = load_hellaswag(tokenizer, cfg.block_size) if cfg.hellaswag else None
-    except (HellaSwagError, OSError) as e:
-        fail(f"hellaswag=True: {e}")
-    n_params = sum(p.numel() for p in raw_model.parameters()) - (0 if cfg.rope else raw_model.transformer.wpe.weight.numel())
-    flops_token = flops_per_token(raw_model.config, n_params)
-    mode = f"{cfg.parallel} under torchrun, world size {world_size}" if distributed else "one process, world size 1"
-    log(f"training: {mode}, device {device}, dtype {cfg.dtype}, compile {cfg.compile}, init_from {cfg.init_from}")
-    log("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in sorted(vars(cfg).items())))
-    log(f"model: {n_params / 1e6:.2f}M parameters (without position embeddings), {flops_token / 1e6:.1f} MFLOPs per token")
+    hellaswag_examples = open_hellaswag(cfg, tokenizer) if cfg.hellaswag else None
+    flops_token = describe_run(cfg, raw_model, device, world_size, distributed)
     model = wrap_model(raw_model, cfg, device, distributed)
 
     # optimizer, built after sharding so that it holds the sharded parameters
-    optimizer = configure_optimizer(raw_model, cfg, device)
-    if ckpt and ckpt.get('optimizer'):  # None in a checkpoint of load_gpt2.py --out: a fresh optimizer
-        set_optimizer_state_dict(raw_model, optimizer, ckpt['optimizer'], options=StateDictOptions(
-            full_state_dict=True, broadcast_from_rank0=distributed))
+    # (a checkpoint of load_gpt2.py --out has optimizer None: a fresh one)
+    optimizer = configure_optimizer(raw_model, cfg, device, ckpt and ckpt.get('optimizer'), distributed)
     ckpt = None  # free the memory
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == 'float16')
     ctx = nullcontext() if cfg.dtype == 'float32' else torch.autocast(device.type, dtype=getattr(torch, cfg.dtype))
 
     # logging, and SIGINT/SIGTERM (Ctrl-C, a preemption notice): finish the step, save, exit 0
-    log_file = os.open(os.path.join(cfg.out_dir, 'log.jsonl'), os.O_WRONLY | os.O_CREAT | os.O_APPEND) if MASTER else None
-    record(log_file, {'iter': iter_num, 'event': 'start', 'init_from': cfg.init_from, 'time': time.time()}, cfg)
-    if cfg.wandb_log and MASTER:
-        import wandb
-        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
+    log_file = open_log(cfg, iter_num)
     STOP_SIGNALS.clear()
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
@@ -725,15 +749,16 @@ def main(argv=None):
         if stop:  # by a signal: save the step reached, if its weights are sound
             for s in previous_handlers:  # more signals would only cut the save short
                 signal.signal(s, signal.SIG_IGN)
-            if iter_num > saved_iter:
+            if iter_num == saved_iter:
+                log(f"stopped by a signal at iteration {iter_num}: {kept}")
+            else:
                 x, y = datasets['train'].batch(draw_offsets(cfg.seed, 0, iter_num, (1, cfg.batch_size),
                                                             len(datasets['train']))[0], device)
                 problem = weights_problem(raw_model, batch_loss(model, x, y, ctx), distributed)
                 if problem:
                     stop_with_error(f"stopped by a signal, but {problem} at iteration {iter_num}; {kept}", distributed)
                 save_run(cfg, raw_model, optimizer, iter_num, best_val_loss, tokenizer, distributed)
-            log(f"stopped by a signal: saved {cfg.out_dir}/ckpt.pt at iteration {iter_num}" if iter_num > saved_iter
-                else f"stopped by a signal at iteration {iter_num}: {kept}")
+                log(f"stopped by a signal: saved {cfg.out_dir}/ckpt.pt at iteration {iter_num}")
     finally:
         for s, handler in previous_handlers.items():
             if not stop:  # a stopping run ignores signals until it has exited
