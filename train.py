@@ -444,7 +444,7 @@ def configure_optimizer(model, cfg, device, state=None, distributed=False):
     params = [p for p in model.parameters() if p.requires_grad]  # the tied wte/lm_head appears once
     groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': cfg.weight_decay},
               {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
-    fused = device.type in ('cuda', 'cpu')  # one kernel for all parameters: on a CPU 0.3 ms a step instead of 1
+    fused = device.type in ('cuda', 'cpu')  # one kernel over all parameters instead of a loop, on a CPU too
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
     if state:
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(
