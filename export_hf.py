@@ -88,10 +88,10 @@ def hf_layout(model):
         raise ExportError("swa=True without rope has no transformers architecture (GPT-2 has no sliding window, "
                           "Starcoder2 has rotary positions): train with rope=True to export a windowed model")
     if config.rope:
-        return hf_names.starcoder2_tensors(sd, config), hf_names.starcoder2_config(config)
+        return hf_names.starcoder2_tensors(sd, config), hf_names.hf_starcoder2_config(config)
     if config.gqa:
         sd, config = expand_kv_heads(sd, config), dataclasses.replace(config, gqa=False)
-    return hf_names.gpt2_tensors(sd, config), hf_names.gpt2_config(config)
+    return hf_names.gpt2_tensors(sd, config), hf_names.hf_gpt2_config(config)
 
 
 def write_tokenizer(spec, hf_dir, block_size):

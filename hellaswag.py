@@ -49,7 +49,7 @@ def cache_path():
     return os.path.join(os.environ.get("HELLASWAG_CACHE") or os.path.join(cache, "hellaswag"), "hellaswag_val.jsonl")
 
 
-def fetch():
+def fetch_val_split():
     """The cached validation file, downloaded first if need be (by each process into its own file, then renamed
     into place, so ranks that start together do not collide) and checked to hold N_VAL examples."""
     path = cache_path()
@@ -108,7 +108,7 @@ def load(tokenizer, block_size, data=""):
                              f"{tokenizer.get('name')!r} (a character-level model lacks most of its characters)")
     import tiktoken
     enc = tiktoken.get_encoding("gpt2")
-    examples = read_examples(data) if data else read_examples(fetch(), expected=N_VAL)
+    examples = read_examples(data) if data else read_examples(fetch_val_split(), expected=N_VAL)
     return [render(ex, enc.encode_ordinary, block_size) for ex in examples]
 
 

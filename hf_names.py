@@ -100,7 +100,7 @@ def bias_free(sd):
     return {k: t for k, t in sd.items() if not k.endswith(".bias")}, False
 
 
-def starcoder2_config(config):
+def hf_starcoder2_config(config):
     """config.json of Starcoder2ForCausalLM for GPTConfig config (rope on)."""
     return {
         "architectures": ["Starcoder2ForCausalLM"], "model_type": "starcoder2",
@@ -116,7 +116,7 @@ def starcoder2_config(config):
     }
 
 
-def gpt2_config(config):
+def hf_gpt2_config(config):
     """config.json of GPT2LMHeadModel for GPTConfig config (rope and swa off; gqa off or expanded)."""
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,

@@ -128,11 +128,11 @@ def test_download_is_checked_then_cached(tmp_path, monkeypatch, data_file):
         return dest
     monkeypatch.setattr(hellaswag, "download", fake_download)
     with pytest.raises(hellaswag.HellaSwagError, match="holds 6 examples where HellaSwag's val split has 10,042"):
-        hellaswag.fetch()
+        hellaswag.fetch_val_split()
     assert list(tmp_path.iterdir()) == []  # the wrong file is deleted
     monkeypatch.setattr(hellaswag, "N_VAL", 6)
-    assert hellaswag.fetch() == str(tmp_path / "hellaswag_val.jsonl") == hellaswag.fetch()
-    assert fetched == [hellaswag.URL] * 2  # the second fetch() used the cache
+    assert hellaswag.fetch_val_split() == str(tmp_path / "hellaswag_val.jsonl") == hellaswag.fetch_val_split()
+    assert fetched == [hellaswag.URL] * 2  # the second call used the cache
 
 
 def test_command_line(gpt2_bpe, model, data_file, tmp_path, capsys):
