@@ -408,14 +408,15 @@ def wrap_model(model, cfg, device, distributed):
 
 
 def describe_run(cfg, model, device, world_size, distributed):
-    """Print how the run is set up (once, from rank 0); returns the model's training FLOPs per token (for MFU)."""
+    """Print how the run is set up (once, from rank 0); returns what MFU needs: the model's training FLOPs per
+    token and one device's peak FLOP/s (None where unknown)."""
     n_params = sum(p.numel() for p in model.parameters()) - (0 if cfg.rope else model.transformer.wpe.weight.numel())
     flops_token = flops_per_token(model.config, n_params)
     mode = f"{cfg.parallel} under torchrun, world size {world_size}" if distributed else "one process, world size 1"
     log(f"training: {mode}, device {device}, dtype {cfg.dtype}, compile {cfg.compile}, init_from {cfg.init_from}")
     log("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in sorted(vars(cfg).items())))
     log(f"model: {n_params / 1e6:.2f}M parameters (without position embeddings), {flops_token / 1e6:.1f} MFLOPs per token")
-    return flops_token
+    return flops_token, device_peak_flops(cfg, device)
 
 
 def flops_per_token(config, n_params):
@@ -483,10 +484,11 @@ def all_ranks_mean(values, distributed):
 
 
 @torch.no_grad()
-def estimate_loss(model, datasets, cfg, ctx, device, rank, world_size):
+def estimate_loss(model, datasets, cfg, ctx, device, rank, world_size, hellaswag_examples=None):
     """Mean loss of each split over the same eval_iters batches at every eval, dealt out to the ranks (rounded
     up to a multiple of the world size: under FSDP every rank must run the same number of forwards). None when
-    a signal asks to stop: the ranks agree on it after every batch, so a long eval never delays a stop."""
+    a signal asks to stop: the ranks agree on it after every batch, so a long eval never delays a stop. With
+    hellaswag_examples, also HellaSwag's acc_norm."""
     model.eval()
     per_rank = math.ceil(cfg.eval_iters / world_size)
     out, start, shown = {}, time.time(), time.time()
@@ -506,6 +508,8 @@ def estimate_loss(model, datasets, cfg, ctx, device, rank, world_size):
                 shown, done = time.time(), k + 1 + (per_rank if split == 'val' else 0)
                 log(f"  evaluating: {done}/{2 * per_rank} batches, {duration((shown - start) * (2 * per_rank / done - 1))} left")
         out[split] = all_ranks_mean(losses.mean().reshape(1), world_size > 1)[0]
+    if hellaswag_examples is not None:
+        out['hellaswag'] = eval_hellaswag(model, hellaswag_examples, device, ctx, rank, world_size)['acc_norm']
     model.train()
     return out
 
@@ -523,9 +527,11 @@ def evals_left(cfg, iter_num):
     return cfg.max_iters // cfg.eval_interval - iter_num // cfg.eval_interval + bool(cfg.max_iters % cfg.eval_interval)
 
 
-def warn_if_slow(model, datasets, cfg, ctx, micro_steps, world_size, iter_num):
+def warn_if_slow(model, datasets, cfg, ctx, micro_steps, world_size, iter_num, device=torch.device('cpu')):
     """On a CPU: time one forward pass, and say at once when this configuration's evaluations or whole run will
     take long, naming the configuration sized for a CPU."""
+    if device.type != 'cpu':
+        return
     x, y = datasets['train'].batch(draw_offsets(cfg.seed, 0, 0, (1, cfg.batch_size), len(datasets['train']))[0],
                                    torch.device('cpu'))
     batch_loss(model, x, y, ctx)  # the first call pays one-time costs (allocations, threads)
@@ -646,7 +652,7 @@ def main(argv=None):
     iter_num = ckpt.get('iter_num', 0) if ckpt else 0
     best_val_loss = ckpt.get('best_val_loss', float('inf')) if ckpt else float('inf')
     hellaswag_examples = open_hellaswag(cfg, tokenizer) if cfg.hellaswag else None
-    flops_token = describe_run(cfg, raw_model, device, world_size, distributed)
+    flops_token, peak = describe_run(cfg, raw_model, device, world_size, distributed)
     model = wrap_model(raw_model, cfg, device, distributed)
 
     # optimizer, built after sharding so that it holds the sharded parameters
@@ -660,10 +666,7 @@ def main(argv=None):
     log_file = open_log(cfg, iter_num)
     STOP_SIGNALS.clear()
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-    peak = device_peak_flops(cfg, device)
-    if device.type == 'cpu':
-        warn_if_slow(model, datasets, cfg, ctx, micro_steps, world_size, iter_num)
+    warn_if_slow(model, datasets, cfg, ctx, micro_steps, world_size, iter_num, device)
     step_seconds, eval_seconds = [], 0.0  # for the time left
     saved_iter = iter_num  # the iteration of the weights in ckpt.pt, or of those we started from
     kept = f"ckpt.pt is left as it was (saved at iteration {iter_num})" if cfg.init_from == 'resume' else \
@@ -674,17 +677,15 @@ def main(argv=None):
             # evaluate, and save a checkpoint
             if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
                 t0 = time.time()
-                losses = estimate_loss(model, datasets, cfg, ctx, device, rank, world_size)
+                losses = estimate_loss(model, datasets, cfg, ctx, device, rank, world_size, hellaswag_examples)
                 if losses is None:  # a signal: save below
                     stop = True
                     break
                 eval_seconds = time.time() - t0
-                hella = eval_hellaswag(model, hellaswag_examples, device, ctx, rank, world_size)['acc_norm'] \
-                    if cfg.hellaswag else None
                 log(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                    + (f", hellaswag {hella:.4f}" if cfg.hellaswag else ""))
+                    + (f", hellaswag {losses['hellaswag']:.4f}" if 'hellaswag' in losses else ""))
                 record(log_file, {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
-                                  **({'hellaswag': hella} if cfg.hellaswag else {})}, cfg)
+                                  **{k: v for k, v in losses.items() if k == 'hellaswag'}}, cfg)
                 if not math.isfinite(losses['val']):
                     stop_with_error(f"val loss is {losses['val']} at iteration {iter_num}; {kept}", distributed)
                 improved = losses['val'] < best_val_loss
@@ -732,7 +733,7 @@ def main(argv=None):
             dt = time.time() - t0
             step_seconds.append(dt)
             if iter_num % cfg.log_interval == 0:
-                tokens_per_sec = tokens_per_step / dt
+                tokens_per_sec = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps / dt
                 mfu = flops_token * tokens_per_sec / (peak * world_size) if peak else None
                 typical = float(np.median(step_seconds[-50:]))  # the first steps (compile) are no guide
                 left = typical * (cfg.max_iters - iter_num - 1) + eval_seconds * evals_left(cfg, iter_num)
