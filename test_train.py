@@ -397,6 +397,16 @@ def test_a_full_disk_is_one_line_and_leaves_checkpoint_log_and_resume_whole(data
     assert 'No space left on device' in err and 'the previous one is left as it was' in err
     assert (tmp_path / 'ckpt.pt').read_bytes() == good and not (tmp_path / 'ckpt.pt.tmp').exists()
 
+    def save_half_then_fail_as_torch_does(obj, f):  # a real full disk: torch's zip writer raises RuntimeError
+        f.write(b'half a checkpoint')
+        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 5923520 vs 5923412')
+
+    with monkeypatch.context() as m:
+        m.setattr(train.torch, 'save', save_half_then_fail_as_torch_does)
+        err = one_line_error(capsys, [f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY, '--max_iters=4',
+                                      '--eval_interval=2', '--init_from=resume'])
+    assert 'torch.save failed' in err and 'MB free there' in err and (tmp_path / 'ckpt.pt').read_bytes() == good
+
     real_write = os.write
     with monkeypatch.context() as m:  # the disk fills up in the middle of a log line
         m.setattr(train.os, 'write', lambda fd, data: real_write(fd, data[:len(data) // 2]))

@@ -15,6 +15,7 @@ import gc
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -569,8 +570,10 @@ def save_run(cfg, model, optimizer, iter_num, best_val_loss, tokenizer, distribu
     if MASTER:
         try:
             save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), ckpt)
-        except OSError as e:
-            error = f"could not write {cfg.out_dir}/ckpt.pt ({e.strerror or e}); the previous one is left as it was"
+        except (OSError, RuntimeError) as e:  # torch.save's zip writer reports a full disk as a RuntimeError
+            free = shutil.disk_usage(cfg.out_dir).free / 1e6
+            error = (f"could not write {cfg.out_dir}/ckpt.pt ({getattr(e, 'strerror', None) or 'torch.save failed'}, "
+                     f"{free:,.0f} MB free there); the previous one is left as it was")
     if all_ranks_mean(torch.tensor([float(bool(error))], device=device_of(model)), distributed)[0]:
         stop_with_error(error, distributed)
 
