@@ -381,8 +381,8 @@ def main(argv=None):
             save_checkpoint(out, {"model": model.state_dict(), "model_args": dataclasses.asdict(model.config),
                                   "optimizer": None, "iter_num": 0, "best_val_loss": 1e9,
                                   "config": {"init_from": name, **overrides}, "tokenizer": {"name": "gpt2"}})
-        except OSError as e:
-            exit_with_error(f"cannot write {out} ({e.strerror or e})")
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            exit_with_error(f"cannot write {out} ({getattr(e, 'strerror', None) or 'torch.save failed: is the disk full?'})")
         print(f"wrote {out}")
 
 
