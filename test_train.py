@@ -606,3 +606,16 @@ def test_nan_from_scratch_does_not_mention_a_checkpoint(data_dir, tmp_path, caps
         real_forward(self, idx, targets, **kw)[0], real_forward(self, idx, targets, **kw)[1] * float('nan')))
     err = one_line_error(capsys, [f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY, '--max_iters=3'])
     assert 'no checkpoint was written' in err and 'left as it was' not in err
+
+
+def test_a_long_evaluation_shows_its_progress(data_dir, tmp_path, capsys, monkeypatch):
+    cfg, _ = train.read_config([f'--data_dir={data_dir}', f'--out_dir={tmp_path}', *TINY, '--eval_iters=3'])
+    _, datasets = train.open_data(cfg)
+    model = GPT(GPTConfig(block_size=16, vocab_size=len(ITOS), n_layer=2, n_head=2, n_embd=32))
+    seconds = iter(range(0, 10_000, 11))  # every look at the clock: 11 s later
+    monkeypatch.setattr(train.time, 'time', lambda: next(seconds))
+    capsys.readouterr()
+    losses = train.estimate_loss(model, datasets, cfg, torch.autocast('cpu', enabled=False), torch.device('cpu'), 0, 1)
+    lines = capsys.readouterr().out.splitlines()
+    assert losses is not None and lines and all(l.startswith('  evaluating: ') and l.endswith(' left') for l in lines)
+    assert lines[-1].startswith('  evaluating: 6/6 batches')
