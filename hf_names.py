@@ -84,7 +84,7 @@ def from_starcoder2(tensors, use_bias):
         elif module in inverse:
             sd[join_name(inverse[module], layer, leaf)] = t
         elif name != "lm_head.weight":
-            sd[name] = t  # a name not in the table: build_model lists it as unexpected
+            sd[name] = t  # a name not in the table: gpt_from_state_dict lists it as unexpected
     sd.update({name: torch.cat(qkv) for name, qkv in parts.items() if None not in qkv})  # else: c_attn missing
     if not use_bias:
         sd = {**{k.replace(".weight", ".bias"): torch.zeros(t.shape[0]) for k, t in sd.items()

@@ -13,7 +13,7 @@ iteration (a resumed run, an eval_only) replaces the earlier one. Needs matplotl
 import json
 import os
 
-from configurator import ConfigError, exit_with_error, load_config
+from configurator import ConfigError, UserError, exit_with_error, load_config
 
 DEFAULTS = dict(
     out="loss.png",  # the PNG written
@@ -30,6 +30,8 @@ def read_run(out_dir):
             records = [json.loads(line) for line in f if line.strip()]
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    starts = [i for i, r in enumerate(records) if r.get("event") == "start" and r.get("init_from") != "resume"]
+    records = records[starts[-1] if starts else 0:]  # log.jsonl is appended to: the last run and its resumes
     evals = {r["iter"]: (r["iter"], r["train_loss"], r["val_loss"], r.get("hellaswag"))
              for r in records if "val_loss" in r}
     if not evals:
@@ -43,11 +45,11 @@ def tokens_per_step(out_dir, records):
     step time of a logged step, else None."""
     ckpt = os.path.join(out_dir, "ckpt.pt")
     if os.path.isfile(ckpt):
+        from checkpoint import load_checkpoint
         try:
-            import torch
-            c = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("config") or {}
+            c = load_checkpoint(ckpt, mmap=True).get("config") or {}
             return c["batch_size"] * c["block_size"] * c["gradient_accumulation_steps"]
-        except Exception:  # an old or foreign checkpoint: fall back on the log
+        except (UserError, KeyError, TypeError):  # an unreadable or foreign checkpoint: fall back on the log
             pass
     step = next((r for r in records if r.get("tokens_per_sec") and r.get("ms")), None)
     return round(step["tokens_per_sec"] * step["ms"] / 1000) if step else None

@@ -22,7 +22,8 @@ def fake_run(path, hellaswag=False, ckpt=True):
     records.append({"iter": 100, "train_loss": 1.95, "val_loss": 2.05})  # --eval_only=True, more batches
     (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if ckpt:
-        torch.save({"config": {"batch_size": 12, "block_size": 64, "gradient_accumulation_steps": 2}}, path / "ckpt.pt")
+        torch.save({"model": {}, "model_args": {}, "config": {"batch_size": 12, "block_size": 64,
+                                                               "gradient_accumulation_steps": 2}}, path / "ckpt.pt")
     return str(path)
 
 
@@ -59,3 +60,16 @@ def test_mistakes_are_one_line(tmp_path, capsys, args, expected):
         plot.main([a.format(tmp=tmp_path) for a in args])
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.startswith(f"error: {expected.format(tmp=tmp_path)}") and err.count("\n") == 1
+
+
+def test_an_appended_log_plots_the_last_run_and_its_resumes(tmp_path):
+    """log.jsonl is only appended to: a run started afresh over an earlier one (--overwrite=True) replaces it in
+    the plot, a resume continues it."""
+    path = tmp_path / "run"
+    path.mkdir()
+    start = lambda init_from: {"iter": 0, "event": "start", "init_from": init_from, "time": 0.0}
+    records = [start("scratch"), {"iter": 0, "train_loss": 9.0, "val_loss": 9.0}, {"iter": 50, "train_loss": 8.0, "val_loss": 8.0},
+               {"iter": 100, "train_loss": 7.0, "val_loss": 7.0}, start("scratch"), {"iter": 0, "train_loss": 3.0, "val_loss": 3.1},
+               {**start("resume"), "iter": 0}, {"iter": 50, "train_loss": 2.5, "val_loss": 2.6}]
+    (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert plot.read_run(str(path))["evals"] == [(0, 3.0, 3.1, None), (50, 2.5, 2.6, None)]
