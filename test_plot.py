@@ -68,8 +68,8 @@ def test_an_appended_log_plots_the_last_run_and_its_resumes(tmp_path):
     path = tmp_path / "run"
     path.mkdir()
     start = lambda init_from: {"iter": 0, "event": "start", "init_from": init_from, "time": 0.0}
-    records = [start("scratch"), {"iter": 0, "train_loss": 9.0, "val_loss": 9.0}, {"iter": 50, "train_loss": 8.0, "val_loss": 8.0},
-               {"iter": 100, "train_loss": 7.0, "val_loss": 7.0}, start("scratch"), {"iter": 0, "train_loss": 3.0, "val_loss": 3.1},
-               {**start("resume"), "iter": 0}, {"iter": 50, "train_loss": 2.5, "val_loss": 2.6}]
+    ev = lambda it, train, val: {"iter": it, "train_loss": train, "val_loss": val}
+    records = [start("scratch"), ev(0, 9.0, 9.0), ev(50, 8.0, 8.0), ev(100, 7.0, 7.0),  # an earlier run
+               start("scratch"), ev(0, 3.0, 3.1), start("resume"), ev(50, 2.5, 2.6)]    # the last one, resumed
     (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert plot.read_run(str(path))["evals"] == [(0, 3.0, 3.1, None), (50, 2.5, 2.6, None)]
