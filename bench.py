@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from configurator import DTYPES, UserError, exit_with_error, load_config, pick_device, pick_dtype
 import model as model_py
-from model import GPT, GPTConfig, KVCache, attention_mask, column_major_weights_, sliding_window_attention
+from model import GPT, GPTConfig, KVCache, attention_mask, pack_weights_for_cpu_, sliding_window_attention
 
 DEFAULTS = dict(
     asdict(GPTConfig(vocab_size=50257)),  # GPT-2 124M as OpenAI shipped it
@@ -147,8 +147,8 @@ def bench_switches(cfg, device, gen_dtype, autocast):
         config = GPTConfig(vocab_size=50257, rope=rope, gqa=gqa, swa=swa)
         torch.manual_seed(cfg["seed"])
         model = GPT(config).to(device=device, dtype=DTYPES[gen_dtype]).eval()
-        if device == "cpu" and gen_dtype == "float32":
-            column_major_weights_(model)
+        if device == "cpu":
+            pack_weights_for_cpu_(model)
         params = sum(p.numel() for p in model.parameters())
         cache = KVCache(config, 1, "meta", model.lm_head.weight.dtype)
         per_token = (cache.k.numel() + cache.v.numel()) * cache.k.element_size() // cache.k.size(3)
@@ -188,8 +188,8 @@ def main():
           f"compile {cfg['compile']}, {config}")
 
     model = GPT(config).to(device=device, dtype=DTYPES[gen_dtype]).eval()
-    if device == "cpu" and gen_dtype == "float32":
-        column_major_weights_(model)  # as sample.py does for generation on a CPU
+    if device == "cpu":
+        pack_weights_for_cpu_(model)  # as sample.py does for generation on a CPU
     prompt = torch.randint(config.vocab_size, (cfg["batch_size"], cfg["prompt_len"]), device=device)
     workload = f"batch {cfg['batch_size']}, {cfg['prompt_len']}-token prompt, {cfg['max_new_tokens']} new tokens"
     for use_cache in (True, False):

@@ -22,7 +22,7 @@ from checkpoint import checkpoint_tokenizer, load_checkpoint
 from configurator import DTYPES, ConfigError, UserError, exit_with_error, load_config, pick_device, pick_dtype
 from download import short
 from load_gpt2 import LoadError, apply_overrides, gpt_from_state_dict, load_gpt2
-from model import GPTConfig, column_major_weights_, generate_args_problem
+from model import GPTConfig, generate_args_problem, pack_weights_for_cpu_
 
 DEFAULTS = dict(
     init_from="gpt2",     # gpt2, gpt2-medium, gpt2-large, gpt2-xl, resume (out_dir/ckpt.pt), or a Hugging Face-format path
@@ -182,8 +182,8 @@ def sample(c):
                         f"{tokenizer.vocab_size} tokens: the two do not belong together")
     # the weights themselves in dtype: decoding reads each once per token, so fewer bytes are more tokens/s
     model.eval().to(device=device, dtype=DTYPES[dtype])
-    if device.type == "cpu" and dtype == "float32":
-        column_major_weights_(model)  # faster fp32 matrix-vector products on a CPU (see model.py); slower in bf16
+    if device.type == "cpu":
+        pack_weights_for_cpu_(model)  # faster matrix-vector products when decoding (see model.py)
     if c["compile"]:  # forward in place, so generate's calls use it; CUDA graphs on CUDA
         model.compile(mode="reduce-overhead" if device.type == "cuda" else None)
     ids = prompt_ids(tokenizer.default_prompt if c["start"] is None else c["start"], tokenizer, model.config.block_size)

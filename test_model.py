@@ -367,7 +367,9 @@ def test_cache_costs_one_position_per_new_token():
 @pytest.mark.parametrize("rope,gqa,swa", [(False, False, False), (True, True, True)])
 def test_compiled_decoding_gives_eager_tokens_from_one_graph_for_every_position(rope, gqa, swa):
     from torch._dynamo.utils import counters
+    from model import pack_weights_for_cpu_
     model = perturbed_model(tiny_config(rope, gqa, swa))
+    pack_weights_for_cpu_(model)  # as sample.py does on a CPU: compiling takes the plain Linears
     idx = torch.randint(97, (2, 7))
     expected = model.generate(idx, 25, temperature=0.0)
     torch._dynamo.reset()
@@ -466,13 +468,28 @@ def test_last_only_gives_the_last_positions_logits():
     torch.testing.assert_close(model(idx, last_only=True)[0], model(idx)[0][:, -1:], atol=1e-6, rtol=0)
 
 
-def test_column_major_weights_keep_names_values_and_tying():
-    from model import column_major_weights_
-    model = perturbed_model(tiny_config())
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.1)])
+def test_packed_weights_keep_names_values_tying_and_gradients(dtype, atol):
+    from model import PackedLinear, pack_weights_for_cpu_
+    model = perturbed_model(tiny_config()).to(dtype)
     idx = torch.randint(97, (2, 12))
-    before, names = model(idx)[0], set(model.state_dict())
-    column_major_weights_(model)
+    with torch.no_grad():
+        before, names = model(idx)[0], set(model.state_dict())
+    tokens = model.generate(idx, 8, temperature=0.0)
+    assert pack_weights_for_cpu_(model)
     assert set(model.state_dict()) == names and model.lm_head.weight is model.transformer.wte.weight
-    assert model.transformer.h[0].mlp.c_fc.weight.stride() == (1, 4 * 32)  # (out, in) stored as (in, out)
-    torch.testing.assert_close(model(idx)[0], before, atol=1e-5, rtol=0)
-    assert torch.equal(model.generate(idx, 8, temperature=0.0), model.generate(idx, 8, temperature=0.0, use_cache=False))
+    assert all(type(m) is PackedLinear for m in model.modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], before, atol=atol, rtol=0)
+    assert torch.equal(model.generate(idx, 8, temperature=0.0), tokens)
+    assert torch.equal(model.generate(idx, 8, temperature=0.0, use_cache=False), tokens)
+    # without gradients the packed copy computes; with them the weight itself, which gets its gradient
+    c_fc = model.transformer.h[0].mlp.c_fc
+    with torch.no_grad():
+        c_fc.weight.zero_()
+        torch.testing.assert_close(model(idx)[0], before, atol=atol, rtol=0)
+    logits = model(idx)[0]
+    assert not torch.allclose(logits, before, atol=atol, rtol=0)
+    logits.float().square().mean().backward()
+    assert c_fc.weight.grad is not None and c_fc.weight.grad.abs().sum() > 0
