@@ -324,6 +324,22 @@ def test_micro_batches_depend_on_seed_and_step_only():
     assert a.min() >= 0 and a.max() < 1000
 
 
+@pytest.mark.parametrize('grad_clip', [1e-3, 1.0, 1e3])  # clipped hard, a little or not at all
+def test_clipping_on_a_cpu_equals_clip_grad_norm(grad_clip):
+    torch.manual_seed(0)
+    models = [GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=2, n_head=2, n_embd=16)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    x = torch.randint(16, (3, 8))
+    for m in models:
+        (m(x, x)[1] * 30).backward()
+    scaler = torch.amp.GradScaler('cpu', enabled=False)
+    norm = train.clip_gradients(models[0], torch.optim.SGD(models[0].parameters()), scaler, grad_clip)
+    expected = torch.nn.utils.clip_grad_norm_(models[1].parameters(), grad_clip)
+    assert norm.item() == expected.item() and (grad_clip < 1e3) == (norm.item() > grad_clip)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a.grad, b.grad)
+
+
 def test_learning_rate_warms_up_then_decays_to_min_lr():
     cfg = SimpleNamespace(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, lr_decay_iters=110, decay_lr=True)
     lrs = [train.get_lr(it, cfg) for it in range(130)]

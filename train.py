@@ -553,8 +553,19 @@ def clip_gradients(model, optimizer, scaler, grad_clip):
     if grad_clip <= 0.0:
         return None
     scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    return norm.full_tensor() if hasattr(norm, 'full_tensor') else norm  # FSDP: a DTensor
+    params = [p for p in model.parameters() if p.grad is not None]
+    if next(model.parameters()).device.type != 'cpu':  # the scale stays a tensor, so the CPU never waits for the GPU
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        return norm.full_tensor() if hasattr(norm, 'full_tensor') else norm  # FSDP: a DTensor
+    # on a CPU, clip_grad_norm_'s multiply by a 0-d tensor costs 30 us a tensor, by a number 5 (the same float32
+    # scale): 0.9 -> 0.2 ms a step for the CPU recipe's 27 tensors
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    norm = norm.full_tensor() if hasattr(norm, 'full_tensor') else norm
+    scale = (grad_clip / (norm + 1e-6)).item()
+    if scale < 1.0:
+        for p in params:
+            p.grad.mul_(scale)
+    return norm
 
 
 def save_run(cfg, model, optimizer, iter_num, best_val_loss, tokenizer, distributed):
@@ -713,8 +724,8 @@ def main(argv=None):
                                    len(datasets['train']))
             loss_sum = torch.zeros((), device=device)
             for micro_step, batch_offsets in enumerate(offsets[rank * micro_steps:(rank + 1) * micro_steps]):
-                # dropout masks depend on (seed, step, micro-batch) alone, so any world size gives the same losses
-                torch.manual_seed(hash((cfg.seed, iter_num, rank * micro_steps + micro_step)) % 2**63)
+                if cfg.dropout > 0:  # masks from (seed, step, micro-batch) alone: any world size, the same losses
+                    torch.manual_seed(hash((cfg.seed, iter_num, rank * micro_steps + micro_step)) % 2**63)
                 x, y = datasets['train'].batch(batch_offsets, device)
                 with grad_sync(model, micro_step == micro_steps - 1):
                     with ctx:
