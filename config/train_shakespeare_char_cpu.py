@@ -1,5 +1,5 @@
 """
-The character-level Tiny Shakespeare on a CPU (nanoGPT's CPU recipe): about 70 s on 2 cores, val loss about 1.90.
+The character-level Tiny Shakespeare on a CPU (nanoGPT's CPU recipe): 70-90 s on 2 cores, val loss about 1.90.
 First: python data/shakespeare_char/prepare.py. Then:
     python train.py config/train_shakespeare_char_cpu.py
     python sample.py --init_from=resume --out_dir=out-shakespeare-char-cpu
