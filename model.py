@@ -424,7 +424,7 @@ def pack_weights_for_cpu_(model):
     For generation on a CPU: give every Linear a copy of its weight in oneDNN's blocked layout, the one
     torch.compile's freezing makes. Decoding one token is a matrix-vector product per weight, bound by how
     fast the weight is read: F.linear reads it at about 13 GB/s here, oneDNN's kernel on the packed copy at
-    22-25 GB/s (bench.py, GPT-2 124M: bfloat16 39 -> 60 tokens/s, float32 30 -> 41; prefill no slower).
+    22-25 GB/s (bench.py, GPT-2 124M: bfloat16 42 -> 69 tokens/s, float32 31 -> 43; prefill no slower).
     Names, state dict, values and tying stay as they were; the copy costs the weights' memory again and
     does not follow later changes to the weights, so pack last, after loading and casting. A CPU build
     without oneDNN (or a dtype it does not pack) keeps plain Linears. Returns whether it packed.

@@ -557,8 +557,8 @@ def clip_gradients(model, optimizer, scaler, grad_clip):
     if next(model.parameters()).device.type != 'cpu':  # the scale stays a tensor, so the CPU never waits for the GPU
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
         return norm.full_tensor() if hasattr(norm, 'full_tensor') else norm  # FSDP: a DTensor
-    # on a CPU, clip_grad_norm_'s multiply by a 0-d tensor costs 30 us a tensor, by a number 5 (the same float32
-    # scale): 0.9 -> 0.2 ms a step for the CPU recipe's 27 tensors
+    # on a CPU, a multiply by a number (the same float32 scale) is cheaper than clip_grad_norm_'s by a 0-d tensor:
+    # about 1% of a step on the CPU recipe, with the same gradients
     norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     norm = norm.full_tensor() if hasattr(norm, 'full_tensor') else norm
     scale = (grad_clip / (norm + 1e-6)).item()
