@@ -99,8 +99,6 @@ MODEL_KEYS = [f.name for f in fields(GPTConfig)]
 PEAK_BF16_FLOPS = [('H100 PCIe', 756e12), ('H100', 989e12), ('H200', 989e12), ('A100', 312e12)]
 RANK = int(os.environ.get('RANK', '0'))  # set by torchrun
 MASTER = RANK == 0
-RANK = int(os.environ.get('RANK', '0'))  # set by torchrun
-MASTER = RANK == 0
 
 
 def fail(message):
