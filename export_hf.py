@@ -23,6 +23,7 @@ import torch
 
 import hf_names
 from configurator import UserError, exit_with_error, load_config
+from load_gpt2 import load_model
 
 DEFAULTS = dict(
     init_from="resume",   # resume (out_dir/ckpt.pt), a GPT-2 name (gpt2, ..., gpt2-xl) or a Hugging Face-format path
@@ -40,12 +41,6 @@ SAFETENSORS_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: 
 
 class ExportError(UserError, ValueError):
     """A model that no transformers architecture can hold."""
-
-
-def load_trained(init_from, out_dir):
-    """(model, tokenizer spec) for init_from/out_dir, through sample.py's loader (the one place to rewire)."""
-    from sample import OVERRIDE_KEYS, load_model
-    return load_model({"init_from": init_from, "out_dir": out_dir, **dict.fromkeys(OVERRIDE_KEYS)})
 
 
 def write_safetensors(path, tensors, metadata=None):
@@ -137,7 +132,7 @@ def main(argv=None):
         c = load_config(DEFAULTS, argv)
         hf_dir = c["hf_dir"] or (os.path.join(c["out_dir"], "hf") if c["init_from"] == "resume"
                                  else "hf-" + os.path.basename(os.path.normpath(c["init_from"])))
-        model, spec = load_trained(c["init_from"], c["out_dir"])
+        model, spec, _ = load_model(c["init_from"], c["out_dir"])
         architecture, files = export(model, spec, hf_dir)
     except UserError as e:
         exit_with_error(e)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from configurator import DTYPES, ConfigError, UserError, exit_with_error, load_config, pick_device, pick_dtype
 from download import download
+from load_gpt2 import load_model
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 N_VAL = 10_042  # examples in the validation split; a download with another count is refused
@@ -160,14 +161,13 @@ def evaluate(model, examples, device, ctx=nullcontext(), rank=0, world_size=1, p
 # ----------------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    from export_hf import load_trained
     try:
         c = load_config(DEFAULTS, argv)
         if c["limit"] < 0:
             raise ConfigError(f"limit={c['limit']} must be >= 0 (0 scores every example)")
         device = pick_device(c["device"])
         dtype = pick_dtype(c["dtype"], device)
-        model, tokenizer = load_trained(c["init_from"], c["out_dir"])
+        model, tokenizer, _ = load_model(c["init_from"], c["out_dir"])
         examples = load(tokenizer, model.config.block_size, c["data"])
     except UserError as e:
         exit_with_error(e)

@@ -1,7 +1,8 @@
 """
 OpenAI's GPT-2 weights, as Hugging Face publishes them in safetensors, loaded into model.GPT.
 
-    from load_gpt2 import load_gpt2
+    from load_gpt2 import load_gpt2, load_model
+    model, tokenizer, ckpt = load_model("resume", "out-shakespeare-char")   # what train.py, sample.py, ... call
     model = load_gpt2("gpt2")                          # gpt2, gpt2-medium, gpt2-large, gpt2-xl: fetched once
     model = load_gpt2("path/to/dir", gqa=True, n_kv_head=4)   # a save_pretrained dir or a .safetensors file
 
@@ -9,6 +10,7 @@ OpenAI's GPT-2 weights, as Hugging Face publishes them in safetensors, loaded in
     python load_gpt2.py gpt2 --out=out-gpt2            # out-gpt2/ckpt.pt: train.py resumes it, sample.py reads it
 
 Top to bottom:
+- load_model: the one answer to "which model is init_from?" for train.py, sample.py, export_hf.py, hellaswag.py.
 - read_safetensors: the format read by hand (8-byte little-endian header length, JSON header, raw data),
   memory-mapped: no pickle runs, and even gpt2-xl is held once in RAM (in the model), not several times.
 - gpt2_state_dict: Hugging Face's names to model.GPT's. Two layouts exist: transformers' save_pretrained
@@ -34,7 +36,7 @@ import requests
 import torch
 
 import hf_names
-from checkpoint import save_checkpoint
+from checkpoint import checkpoint_tokenizer, load_checkpoint, save_checkpoint
 from configurator import UserError, exit_with_error, load_config
 from download import DownloadError, check_file, download, find_cached, remote_info, repo_dir, short
 from model import GPT, GPTConfig
@@ -45,6 +47,21 @@ HEAD_SIZE = 64  # every GPT-2 size has 64-wide heads: n_head = n_embd // 64 when
 
 class LoadError(UserError, ValueError):
     """A checkpoint that cannot be loaded, or an override that cannot be applied."""
+
+
+def load_model(init_from, out_dir="out", ckpt=None, **overrides):
+    """
+    (model, tokenizer spec, checkpoint) for init_from: 'resume' is out_dir/ckpt.pt (or ckpt, when the caller has
+    read it already), whose whole checkpoint comes back for what resuming needs (optimizer, iter_num); anything
+    else is GPT-2 through load_gpt2, with the checkpoint None. overrides: as apply_overrides takes them, for both.
+    """
+    if init_from != "resume":
+        return load_gpt2(init_from, **overrides), {"name": "gpt2"}, None
+    path = os.path.join(out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    sd = {k: v for k, v in ckpt["model"].items() if k != "lm_head.weight"}  # lm_head is wte
+    sd, model_config = apply_overrides(sd, GPTConfig(**ckpt["model_args"]), overrides, source=path)
+    return gpt_from_state_dict(sd, model_config, path), checkpoint_tokenizer(ckpt, path), ckpt
 
 
 def load_gpt2(name_or_path, **overrides):

@@ -12,17 +12,15 @@ as one batch and printed in turn. The text goes to stdout, everything else to st
 """
 
 import codecs
-import os
 import sys
 
 import tiktoken
 import torch
 
-from checkpoint import checkpoint_tokenizer, load_checkpoint
 from configurator import DTYPES, ConfigError, UserError, exit_with_error, load_config, pick_device, pick_dtype
 from download import short
-from load_gpt2 import LoadError, apply_overrides, gpt_from_state_dict, load_gpt2
-from model import GPTConfig, generate_args_problem, pack_weights_for_cpu_
+from load_gpt2 import LoadError, load_model
+from model import generate_args_problem, pack_weights_for_cpu_
 
 DEFAULTS = dict(
     init_from="gpt2",     # gpt2, gpt2-medium, gpt2-large, gpt2-xl, resume (out_dir/ckpt.pt), or a Hugging Face-format path
@@ -46,19 +44,7 @@ MAX_PROMPT_CHARS = 1_000_000
 
 
 # ----------------------------------------------------------------------------------------------------
-# Model and tokenizer
-
-def load_model(config):
-    """The model and its tokenizer spec for init_from: out_dir/ckpt.pt for 'resume', else GPT-2 through load_gpt2."""
-    overrides = {k: config[k] for k in OVERRIDE_KEYS if config[k] is not None}
-    if config["init_from"] != "resume":
-        return load_gpt2(config["init_from"], **overrides), {"name": "gpt2"}
-    path = os.path.join(config["out_dir"], "ckpt.pt")
-    ckpt = load_checkpoint(path)
-    sd = {k: v for k, v in ckpt["model"].items() if k != "lm_head.weight"}  # lm_head is wte
-    sd, model_config = apply_overrides(sd, GPTConfig(**ckpt["model_args"]), overrides, source=path)
-    return gpt_from_state_dict(sd, model_config, path), checkpoint_tokenizer(ckpt, path)
-
+# Tokenizer
 
 class Tokenizer:
     """
@@ -170,8 +156,9 @@ def sample(c):
             tokenizer = Tokenizer({"name": "gpt2"})
         except LoadError as e:
             tokenizer_error = e
+    overrides = {k: c[k] for k in OVERRIDE_KEYS if c[k] is not None}
     try:
-        model, spec = load_model(c)
+        model, spec, _ = load_model(c["init_from"], c["out_dir"], **overrides)
     except UserError as e:
         raise LoadError(f"{e}; also, {tokenizer_error}" if tokenizer_error else str(e)) from None
     if tokenizer_error:

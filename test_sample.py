@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import sample
-from load_gpt2 import main as load_gpt2_main
+from load_gpt2 import load_model, main as load_gpt2_main
 from model import GPT, GPTConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -171,8 +171,7 @@ def test_prompt_from_file(char_out_dir, tmp_path, capsys):
 
 
 def test_overrides_reach_the_model(char_out_dir):
-    config = dict(sample.DEFAULTS, init_from="resume", out_dir=char_out_dir, swa=True, window_size=4)
-    model, tokenizer = sample.load_model(config)
+    model, tokenizer, _ = load_model("resume", char_out_dir, swa=True, window_size=4)
     assert model.config.swa and model.config.window_size == 4 and tokenizer == {"name": "char", "itos": ITOS}
 
 

@@ -32,9 +32,10 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import checkpoint_tokenizer, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from configurator import UserError, exit_with_error, load_config, pick_device, pick_dtype
 from hellaswag import HellaSwagError, evaluate as eval_hellaswag, load as load_hellaswag
+from load_gpt2 import load_model
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -344,32 +345,21 @@ def init_model(cfg, meta, ckpt):
             cfg.vocab_size = 50304 if meta['tokenizer'].get('name') == 'gpt2' else meta['vocab_size']
         torch.manual_seed(cfg.seed)  # every rank builds the same weights (FSDP shards them where they are)
         model, tokenizer = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS})), meta['tokenizer']
-    elif cfg.init_from == 'resume':
+    else:
+        overrides = {'dropout': cfg.dropout}  # fine-tuning may change it; a resumed run's other keys are its own
+        if cfg.init_from != 'resume':  # OpenAI's GPT-2, with the switches that convert (GQA by mean-pooling, SWA)
+            if cfg.block_size != DEFAULTS['block_size']:
+                overrides['block_size'] = cfg.block_size
+            if cfg.swa:
+                overrides.update(swa=True, window_size=cfg.window_size)
+            if cfg.gqa:
+                overrides.update(gqa=True, n_kv_head=cfg.n_kv_head)
+        what = f"the checkpoint in '{cfg.out_dir}'" if cfg.init_from == 'resume' else f"init_from={cfg.init_from!r}"
         try:
-            tokenizer = checkpoint_tokenizer(ckpt, os.path.join(cfg.out_dir, 'ckpt.pt'))
+            model, tokenizer, _ = load_model(cfg.init_from, cfg.out_dir, ckpt, **overrides)
         except UserError as e:
-            fail(str(e))
-        adopt_model_config(cfg, ckpt['model_args'], f"the checkpoint in '{cfg.out_dir}'")
-        model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}))
-        try:
-            model.load_state_dict(ckpt['model'])
-        except RuntimeError as e:
-            fail(f"the checkpoint in '{cfg.out_dir}' does not fit its own model config: {str(e).splitlines()[0]}")
-    else:  # OpenAI's GPT-2, with the switches that can be converted (GQA by mean-pooling k/v heads, SWA)
-        from load_gpt2 import load_gpt2
-        overrides = {'dropout': cfg.dropout}
-        if cfg.block_size != DEFAULTS['block_size']:
-            overrides['block_size'] = cfg.block_size
-        if cfg.swa:
-            overrides.update(swa=True, window_size=cfg.window_size)
-        if cfg.gqa:
-            overrides.update(gqa=True, n_kv_head=cfg.n_kv_head)
-        try:
-            model = load_gpt2(cfg.init_from, **overrides)
-        except UserError as e:
-            fail(f"init_from={cfg.init_from!r}: {e}")
-        adopt_model_config(cfg, asdict(model.config), f"init_from={cfg.init_from!r}")
-        tokenizer = {'name': 'gpt2'}
+            fail(str(e) if cfg.init_from == 'resume' else f"{what}: {e}")
+        adopt_model_config(cfg, asdict(model.config), what)
     if tokenizer != meta['tokenizer']:
         fail(f"the model's tokenizer ({tokenizer.get('name')}) is not the data's ({meta['tokenizer'].get('name')}, "
              f"'{cfg.data_dir}/meta.json')")
