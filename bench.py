@@ -29,7 +29,7 @@ from model import GPT, GPTConfig, KVCache, attention_mask, pack_weights_for_cpu_
 DEFAULTS = dict(
     asdict(GPTConfig(vocab_size=50257)),  # GPT-2 124M as OpenAI shipped it
     batch_size=1, prompt_len=16, max_new_tokens=128,   # generation workload
-    train_batch_size=4, train_seq_len=256, train_steps=3,  # training workload (one optimizer step each)
+    train_batch_size=4, train_seq_len=256, train_steps=3,  # training workload (one optimizer step each; 0: none)
     device="auto", dtype="auto", compile=False, compare_hf=False, seed=1337,
     long_swa=False,  # instead: SWA over long sequences, chunked (model.py) vs a dense mask vs full causal
     switches=False,  # instead: one table, a row for each combination of rope, gqa and swa (GPT-2 124M-sized)
@@ -175,6 +175,8 @@ def main():
     if cfg["prompt_len"] + cfg["max_new_tokens"] > config.block_size:
         exit_with_error(f"prompt_len + max_new_tokens = {cfg['prompt_len'] + cfg['max_new_tokens']} must fit "
                         f"in block_size={config.block_size}")
+    if cfg["train_steps"] < 0:
+        exit_with_error(f"train_steps={cfg['train_steps']} must be >= 0 (0 leaves training out)")
     if cfg["compare_hf"] and (config.rope or config.gqa or config.swa):
         exit_with_error("compare_hf=True compares plain GPT-2: turn rope, gqa and swa off")
     autocast = nullcontext() if train_dtype == torch.float32 else \
@@ -203,9 +205,10 @@ def main():
         model.compile(mode="reduce-overhead" if device.startswith("cuda") else None)
         rate = bench_generation(model, prompt, cfg["max_new_tokens"], True, device, compiled=True)
         print(f"generate, with cache, compiled: {rate:8.1f} tokens/s   [{workload}]")
-    rate = bench_training(config, cfg, device, autocast)
-    print(f"train (forward, backward, AdamW step): {rate:8.1f} tokens/s   "
-          f"[batch {cfg['train_batch_size']} x {cfg['train_seq_len']} tokens]")
+    if cfg["train_steps"] > 0:  # 0: generation only
+        rate = bench_training(config, cfg, device, autocast)
+        print(f"train (forward, backward, AdamW step): {rate:8.1f} tokens/s   "
+              f"[batch {cfg['train_batch_size']} x {cfg['train_seq_len']} tokens]")
 
 
 if __name__ == "__main__":

@@ -96,8 +96,8 @@ class Tokenizer:
 # ----------------------------------------------------------------------------------------------------
 # Sampling
 
-def check_config(c):
-    """Mistakes in the options, found before a model is loaded (or downloaded)."""
+def check_sampling_options(c):
+    """Mistakes in the options, found before a model is loaded (or downloaded); the device and dtype to sample in."""
     if c["num_samples"] < 1:
         raise ConfigError(f"num_samples={c['num_samples']} must be at least 1")
     problem = generate_args_problem(c["max_new_tokens"], c["temperature"], c["top_k"], c["top_p"])
@@ -149,7 +149,7 @@ def generate(model, tokenizer, ids, c, device):
 
 
 def sample(c):
-    device, dtype = check_config(c)
+    device, dtype = check_sampling_options(c)
     tokenizer, tokenizer_error = None, None
     if c["init_from"] != "resume":  # GPT-2's tokenizer, before a download, so one message names all that is missing
         try:
