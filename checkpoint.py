@@ -1,6 +1,6 @@
 """
-ckpt.pt, the one checkpoint format: written by train.py and load_gpt2.py --out, read by train.py
-(init_from='resume') and sample.py. A dict of plain values and CPU tensors, read back with
+ckpt.pt, the one checkpoint format: written by train.py and load_gpt2.py --out, read by load_gpt2.load_model
+(init_from='resume', for every script) and train.py. A dict of plain values and CPU tensors, read back with
 torch.load(weights_only=True), so loading a checkpoint never runs code:
 
     model          GPT's state_dict, GPT's parameter names (lm_head.weight is wte's, tied)
