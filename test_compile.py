@@ -58,7 +58,9 @@ def test_one_process_compiled_stops_resumes_and_gives_eager_losses(data_dir, tmp
     with monkeypatch.context() as m:
         m.setattr(train, 'get_lr', signal_at_step_4)
         counts = compiled_run(data_dir, tmp_path / 'compiled', *common)
-    assert torch.load(tmp_path / 'compiled' / 'ckpt.pt', weights_only=True)['iter_num'] == 5
+    ckpt = torch.load(tmp_path / 'compiled' / 'ckpt.pt', weights_only=True)
+    assert ckpt['iter_num'] == 5
+    assert 'compile_backend' not in train.saved_config(ckpt)  # a resume on another machine chooses anew, as compile
     # one graph for training, one for evaluation (eval mode, no_grad) however many evals; no break, backward compiled
     assert counts == (2, 0, 0)
     assert compiled_run(data_dir, tmp_path / 'compiled', *common, '--init_from=resume') == (2, 0, 0)
