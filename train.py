@@ -89,6 +89,7 @@ min_lr = 6e-5  # ~learning_rate / 10
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'; torchrun: cuda:LOCAL_RANK or cpu
 dtype = 'auto'  # 'auto' (bfloat16 on CUDA that supports it, else float32), 'float32', 'bfloat16', 'float16'
 compile = None  # torch.compile; None: on for CUDA, off elsewhere
+compile_backend = 'inductor'  # torch.compile's backend; 'aot_eager' traces the same graphs, runs them eagerly (tests)
 parallel = 'ddp'  # under torchrun: 'ddp' (replicate the model) or 'fsdp' (shard it with FSDP2)
 seed = 1337  # weights and batches follow from it
 peak_flops = 0.0  # one device's peak FLOP/s for MFU; 0.0: PEAK_BF16_FLOPS for A100/H100/H200 in bfloat16
@@ -139,11 +140,11 @@ def read_config(argv):
 
 
 def saved_config(ckpt):
-    """The configuration a checkpoint's run was given, less what this machine decides again: device, dtype and
-    compile ('auto' and None resolve anew), data_dir where it was the dataset's default folder."""
+    """The configuration a checkpoint's run was given, less what this machine decides again: device, dtype,
+    compile and its backend ('auto' and None resolve anew), data_dir where it was the dataset's default folder."""
     saved = ckpt.get('config') if isinstance(ckpt.get('config'), dict) else {}
     saved = {k: v for k, v in saved.items() if k in DEFAULTS and k not in ('init_from', 'overwrite', 'device', 'dtype',
-                                                                           'compile')}
+                                                                           'compile', 'compile_backend')}
     default_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', str(saved.get('dataset')))
     if saved.get('data_dir') == default_dir:
         saved['data_dir'] = ''
@@ -382,8 +383,11 @@ def wrap_model(model, cfg, device, distributed):
     """The model on its device, compiled, and replicated (DDP) or sharded (FSDP2) under torchrun."""
     model.to(device)
     if cfg.compile:  # in place, so parameter names keep no _orig_mod prefix; FSDP's hooks go around Blocks
-        for module in (model.transformer.h if distributed and cfg.parallel == 'fsdp' else [model]):
-            module.compile()
+        try:
+            for module in (model.transformer.h if distributed and cfg.parallel == 'fsdp' else [model]):
+                module.compile(backend=cfg.compile_backend)
+        except torch._dynamo.exc.InvalidBackend:
+            fail(f"compile_backend={cfg.compile_backend!r} is no torch.compile backend: try 'inductor' or 'aot_eager'")
     if distributed and cfg.parallel == 'fsdp':
         bf16_cuda = device.type == 'cuda' and cfg.dtype == 'bfloat16'
         mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_cuda \
@@ -490,7 +494,7 @@ def estimate_loss(model, datasets, cfg, ctx, device, rank, world_size, hellaswag
             with ctx:
                 _, loss = model(x, y)
             losses[k] = loss.float()
-            if all_ranks_mean(torch.tensor([float(bool(STOP_SIGNALS))], device=device), world_size > 1)[0]:
+            if all_ranks_mean(stop_flag(device), world_size > 1)[0]:
                 model.train()
                 return None
             if time.time() - shown > 10:  # a long eval shows that it is alive, and how long it has to go
@@ -586,6 +590,14 @@ def weights_problem(model, loss, distributed):
     return None
 
 
+def compile_summary():
+    """What torch.compile did in this process: a graph break, or a graph compiled anew every few steps, is where a
+    compiled run loses its speed (TORCH_LOGS=graph_breaks,recompiles says why)."""
+    from torch._dynamo.utils import counters
+    return (f"torch.compile: {counters['stats']['unique_graphs']} graphs compiled, "
+            f"{sum(counters['graph_break'].values())} graph breaks")
+
+
 def device_of(model):
     return next(model.parameters()).device
 
@@ -630,6 +642,12 @@ def record(log_file, entry, cfg):
 
 
 STOP_SIGNALS = []  # SIGINT or SIGTERM: save and stop after the current step (or eval batch)
+
+
+def stop_flag(device):
+    """(1,): 1.0 when this process was asked to stop, for the ranks to agree on. Filled on the device: a copy from
+    the host (torch.tensor) would make the CPU wait there for the GPU's queued work."""
+    return torch.full((1,), float(bool(STOP_SIGNALS)), device=device)
 
 
 def request_stop(signum, frame):
@@ -726,7 +744,7 @@ def main(argv=None):
             optimizer.zero_grad(set_to_none=True)
 
             # one all-reduce per step: the loss over all ranks, and whether any rank was asked to stop
-            stats = torch.stack([loss_sum / micro_steps, torch.tensor(float(bool(STOP_SIGNALS)), device=device)])
+            stats = torch.cat([(loss_sum / micro_steps).reshape(1), stop_flag(device)])
             loss_value, stop = all_ranks_mean(stats, distributed)
             if not math.isfinite(loss_value):
                 stop_with_error(f"loss is {loss_value} at iteration {iter_num}; {kept}", distributed)
@@ -768,6 +786,8 @@ def main(argv=None):
                 signal.signal(s, handler)
         if MASTER:
             os.close(log_file)
+    if cfg.compile:
+        log(compile_summary())
     shutdown(distributed)
 
 
