@@ -134,7 +134,7 @@ def read_config(argv):
     try:
         cfg, ckpt = SimpleNamespace(**load_config(DEFAULTS, argv)), None
         path = os.path.join(cfg.out_dir, 'ckpt.pt')
-        restarted = f"restart {RESTART} of torchrun job {JOB_ID}: " if RESTART else ""
+        restarted = f"restart {RESTART} of torchrun job {JOB_ID or '(no run id)'}: " if RESTART else ""
         if cfg.init_from == 'resume' or not cfg.eval_only and saved_by_this_job(path):
             ckpt = load_checkpoint(path, mmap=True)
             saved = saved_config(ckpt)
@@ -143,11 +143,11 @@ def read_config(argv):
             changes = [f"{k}={v!r} (was {saved[k]!r})" for k, v in vars(cfg).items() if k in saved and v != saved[k]]
             log(f"{restarted}resuming {path} at iteration {ckpt.get('iter_num', 0)} with its saved configuration"
                 + (", changed: " + ", ".join(changes) if changes else ""))
-        elif restarted:
-            log(f"{restarted}it has saved no checkpoint yet, so it starts again as its command line says")
     except UserError as e:
         fail(str(e))
     check_config(cfg)
+    if restarted and ckpt is None:
+        log(f"{restarted}it has saved no checkpoint yet, so it starts again as its command line says")
     cfg.data_dir = cfg.data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', cfg.dataset)
     return cfg, ckpt
 
