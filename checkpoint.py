@@ -10,6 +10,8 @@ torch.load(weights_only=True), so loading a checkpoint never runs code:
     best_val_loss  the lowest val loss seen
     config         train.py's whole configuration (or load_gpt2.py's arguments)
     tokenizer      {'name': 'gpt2'} or {'name': 'char', 'itos': [...]}; older files may lack it
+    run_id         the torchrun job that wrote it (TORCHELASTIC_RUN_ID; train.py resumes it when torchrun
+                   restarts that job), or None; older files lack it
 """
 
 import json

@@ -11,6 +11,7 @@ Whatever the world size, an optimizer step sees the same tokens: its micro-batch
 Writes out_dir/ckpt.pt (checkpoint.py) and out_dir/log.jsonl (one JSON object per log line and eval).
 """
 
+import datetime
 import gc
 import json
 import math
@@ -43,6 +44,7 @@ from model import GPT, GPTConfig
 # I/O
 out_dir = 'out'  # ckpt.pt and log.jsonl go here
 eval_interval = 2000  # evaluate (and save) every this many steps
+save_interval = 0  # also save ckpt.pt every this many steps, without evaluating; 0: only at evals
 log_interval = 1  # a log line every this many steps
 eval_iters = 200  # batches per split at each eval, over all ranks
 eval_only = False  # evaluate once, then exit
@@ -92,6 +94,7 @@ compile = None  # torch.compile; None: on for CUDA, off elsewhere
 compile_backend = 'inductor'  # torch.compile's backend; 'aot_eager' traces the same graphs, runs them eagerly (tests)
 parallel = 'ddp'  # under torchrun: 'ddp' (replicate the model) or 'fsdp' (shard it with FSDP2)
 seed = 1337  # weights and batches follow from it
+dist_timeout = 600  # torchrun: seconds a collective waits for a rank that does not answer (a lost node) before it stops
 peak_flops = 0.0  # one device's peak FLOP/s for MFU; 0.0: PEAK_BF16_FLOPS for A100/H100/H200 in bfloat16
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items()
@@ -101,6 +104,11 @@ MODEL_KEYS = [f.name for f in fields(GPTConfig)]
 PEAK_BF16_FLOPS = [('H100 PCIe', 756e12), ('H100', 989e12), ('H200', 989e12), ('A100', 312e12)]
 RANK = int(os.environ.get('RANK', '0'))  # set by torchrun
 MASTER = RANK == 0
+# torchrun's job: --standalone draws a fresh run id for each job, a multi-node job has the --rdzv-id it is given,
+# and torchrun's default id 'none' names no job; the restart count is how often torchrun restarted its workers
+JOB_ID = os.environ.get('TORCHELASTIC_RUN_ID', 'none')
+JOB_ID = None if JOB_ID in ('', 'none') else JOB_ID
+RESTART = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0'))
 
 
 def fail(message):
@@ -121,20 +129,25 @@ def log(message):
 def read_config(argv):
     """The run's configuration, checked as a whole before any data or model is touched, and the checkpoint to
     resume (or None). A new run starts from the defaults; a resumed one from the configuration it saved, so
-    that `--init_from=resume --out_dir=X` alone continues it. Config files and overrides apply on top."""
+    that `--init_from=resume --out_dir=X` alone continues it. Config files and overrides apply on top.
+    Workers that torchrun restarted resume the checkpoint their job saved, whatever init_from says."""
     try:
         cfg, ckpt = SimpleNamespace(**load_config(DEFAULTS, argv)), None
-        if cfg.init_from == 'resume':
-            path = os.path.join(cfg.out_dir, 'ckpt.pt')
+        path = os.path.join(cfg.out_dir, 'ckpt.pt')
+        restarted = f"restart {RESTART} of torchrun job {JOB_ID or '(no run id)'}: " if RESTART else ""
+        if cfg.init_from == 'resume' or not cfg.eval_only and saved_by_this_job(path):
             ckpt = load_checkpoint(path, mmap=True)
             saved = saved_config(ckpt)
             cfg = SimpleNamespace(**load_config({**DEFAULTS, **saved}, argv))
+            cfg.init_from = 'resume'
             changes = [f"{k}={v!r} (was {saved[k]!r})" for k, v in vars(cfg).items() if k in saved and v != saved[k]]
-            log(f"resuming {path} at iteration {ckpt.get('iter_num', 0)} with its saved configuration"
+            log(f"{restarted}resuming {path} at iteration {ckpt.get('iter_num', 0)} with its saved configuration"
                 + (", changed: " + ", ".join(changes) if changes else ""))
     except UserError as e:
         fail(str(e))
     check_config(cfg)
+    if restarted and ckpt is None:
+        log(f"{restarted}it has saved no checkpoint yet, so it starts again as its command line says")
     cfg.data_dir = cfg.data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', cfg.dataset)
     return cfg, ckpt
 
@@ -151,6 +164,12 @@ def saved_config(ckpt):
     return saved
 
 
+def saved_by_this_job(path):
+    """Whether torchrun restarted this job's workers and path holds the checkpoint the job wrote (its run id)."""
+    return RESTART > 0 and JOB_ID is not None and os.path.isfile(path) \
+        and load_checkpoint(path, mmap=True).get('run_id') == JOB_ID
+
+
 def check_config(cfg):
     """Every mistake a configuration can hold on its own, as one line that names the key (see fail)."""
     if not (cfg.compile is None or type(cfg.compile) is bool):
@@ -161,6 +180,12 @@ def check_config(cfg):
                 'block_size'):
         if getattr(cfg, key) < 1:
             fail(f"'{key}' must be at least 1, got {getattr(cfg, key)}")
+    if cfg.save_interval < 0 or cfg.dist_timeout <= 0:
+        fail(f"save_interval must not be negative and dist_timeout must be positive, got {cfg.save_interval} and "
+             f"{cfg.dist_timeout}")
+    if cfg.save_interval and not cfg.always_save_checkpoint:
+        fail(f"save_interval={cfg.save_interval} would replace the checkpoint with the best val loss that "
+             f"always_save_checkpoint=False keeps: set one of --save_interval=0, --always_save_checkpoint=True")
     if cfg.max_iters < 0 or cfg.seed < 0:
         fail(f"max_iters and seed must not be negative, got {cfg.max_iters} and {cfg.seed}")
     if cfg.decay_lr and cfg.lr_decay_iters <= cfg.warmup_iters:
@@ -182,6 +207,9 @@ def check_config(cfg):
             fail("wandb_log=True needs wandb: pip install wandb")
     if cfg.init_from != 'resume' and not cfg.eval_only and not cfg.overwrite \
             and os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt')):
+        if RESTART and JOB_ID is None:
+            fail(f"torchrun restarted this job, but with no run id it cannot tell its own ckpt.pt in '{cfg.out_dir}' "
+                 f"from an earlier run's: start torchrun with --standalone or --rdzv-id=<a unique job id>")
         fail(f"out_dir '{cfg.out_dir}' holds the ckpt.pt of an earlier run: continue it with --init_from=resume, "
              f"choose another --out_dir, or replace it with --overwrite=True")
     try:  # now, so that a bad out_dir fails before anything runs
@@ -210,8 +238,11 @@ def setup_distributed(cfg):
     if distributed and device.type == 'cuda':
         device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
         torch.cuda.set_device(device)
-    if distributed:
-        dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
+    if distributed:  # keys of its own in torchrun's store: a restart must not read the addresses of dead workers
+        timeout = datetime.timedelta(seconds=cfg.dist_timeout)
+        store, _, _ = next(dist.rendezvous('env://', RANK, world_size, timeout=timeout))
+        dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo', timeout=timeout, rank=RANK,
+                                world_size=world_size, store=dist.PrefixStore(f'default_pg/restart_{RESTART}', store))
     if device.type == 'cuda':
         torch.backends.cuda.matmul.fp32_precision = 'tf32'  # float32 matmuls on tensor cores
     return distributed, RANK, world_size, device
@@ -568,7 +599,7 @@ def save_run(cfg, model, optimizer, iter_num, best_val_loss, tokenizer, distribu
     ckpt = {'model': get_model_state_dict(model, options=options),
             'optimizer': get_optimizer_state_dict(model, optimizer, options=options),
             'model_args': asdict(model.config), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
-            'config': vars(cfg), 'tokenizer': tokenizer}
+            'config': vars(cfg), 'tokenizer': tokenizer, 'run_id': JOB_ID}
     error = ''
     if MASTER:
         try:
@@ -612,13 +643,27 @@ def batch_loss(model, x, y, ctx):
     return loss.item()
 
 
+def save_unevaluated(cfg, model, raw_model, optimizer, datasets, ctx, iter_num, best_val_loss, tokenizer,
+                     distributed):
+    """Save weights no eval has seen (on a signal, at save_interval) if they are sound: the loss of one batch of
+    step iter_num's data and every weight must be finite. Returns why they are not (nothing saved), or None."""
+    x, y = datasets['train'].batch(draw_offsets(cfg.seed, 0, iter_num, (1, cfg.batch_size),
+                                                len(datasets['train']))[0], device_of(raw_model))
+    problem = weights_problem(raw_model, batch_loss(model, x, y, ctx), distributed)
+    if problem:
+        return problem
+    save_run(cfg, raw_model, optimizer, iter_num, best_val_loss, tokenizer, distributed)
+    return None
+
+
 def open_log(cfg, iter_num):
     """out_dir/log.jsonl opened for appending (rank 0; None elsewhere), with a line that marks this run's start;
     and the Weights & Biases run when wandb_log."""
     if not MASTER:
         return None
     log_file = os.open(os.path.join(cfg.out_dir, 'log.jsonl'), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    record(log_file, {'iter': iter_num, 'event': 'start', 'init_from': cfg.init_from, 'time': time.time()}, cfg)
+    record(log_file, {'iter': iter_num, 'event': 'start', 'init_from': cfg.init_from, 'restart': RESTART,
+                      'time': time.time()}, cfg)
     if cfg.wandb_log:
         import wandb
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
@@ -687,7 +732,7 @@ def main(argv=None):
     STOP_SIGNALS.clear()
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     warn_if_slow(model, datasets, cfg, ctx, micro_steps, world_size, iter_num, device)
-    step_seconds, eval_seconds = [], 0.0  # for the time left
+    step_seconds, eval_seconds, save_cost_shown = [], 0.0, False  # for the time left, and a save's cost
     saved_iter = iter_num  # the iteration of the weights in ckpt.pt, or of those we started from
     kept = f"ckpt.pt is left as it was (saved at iteration {iter_num})" if cfg.init_from == 'resume' else \
         "no checkpoint was written"
@@ -720,6 +765,19 @@ def main(argv=None):
                     log(f"saved {cfg.out_dir}/ckpt.pt at iteration {iter_num}")
             if iter_num >= cfg.max_iters or cfg.eval_only:
                 break
+
+            # a checkpoint between evals
+            if cfg.save_interval and iter_num % cfg.save_interval == 0 and iter_num > saved_iter:
+                t0 = time.time()
+                problem = save_unevaluated(cfg, model, raw_model, optimizer, datasets, ctx, iter_num, best_val_loss,
+                                           tokenizer, distributed)
+                if problem:
+                    stop_with_error(f"{problem} at iteration {iter_num}; {kept}", distributed)
+                took, steps_took = time.time() - t0, float(np.median(step_seconds)) * cfg.save_interval
+                log(f"saved {cfg.out_dir}/ckpt.pt at iteration {iter_num}" + ("" if save_cost_shown else  # once
+                    f" in {took:.2f} s, {took / steps_took:.1%} of the time of save_interval={cfg.save_interval} steps"))
+                saved_iter, kept = iter_num, f"ckpt.pt is left as it was (saved at iteration {iter_num})"
+                save_cost_shown = True
 
             # one optimizer step: this rank's share of the step's micro-batches
             t0 = time.time()
@@ -773,12 +831,10 @@ def main(argv=None):
             if iter_num == saved_iter:
                 log(f"stopped by a signal at iteration {iter_num}: {kept}")
             else:
-                x, y = datasets['train'].batch(draw_offsets(cfg.seed, 0, iter_num, (1, cfg.batch_size),
-                                                            len(datasets['train']))[0], device)
-                problem = weights_problem(raw_model, batch_loss(model, x, y, ctx), distributed)
+                problem = save_unevaluated(cfg, model, raw_model, optimizer, datasets, ctx, iter_num, best_val_loss,
+                                           tokenizer, distributed)
                 if problem:
                     stop_with_error(f"stopped by a signal, but {problem} at iteration {iter_num}; {kept}", distributed)
-                save_run(cfg, raw_model, optimizer, iter_num, best_val_loss, tokenizer, distributed)
                 log(f"stopped by a signal: saved {cfg.out_dir}/ckpt.pt at iteration {iter_num}")
     finally:
         for s, handler in previous_handlers.items():
@@ -791,5 +847,19 @@ def main(argv=None):
     shutdown(distributed)
 
 
+def peer_lost(error):
+    """Whether error is a collective failing because another rank died or stopped answering: gloo's transport
+    (a closed connection, a timeout) or any of torch.distributed's own errors (NCCL's, the store's)."""
+    return isinstance(error, dist.DistError) or isinstance(error, RuntimeError) and 'gloo/transport' in str(error)
+
+
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except RuntimeError as e:
+        if not peer_lost(e):
+            raise
+        reason = str(e).splitlines()[0].split('] ', 1)[-1].split('. ')[0][:200]  # gloo: "[pair.cc:537] Read error ..."
+        print(f"error: rank {RANK}: a process of this job died or stopped answering ({reason}); torchrun restarts "
+              f"the job if it has restarts left (--max-restarts), else stops it", file=sys.stderr, flush=True)
+        os._exit(1)  # at once: the process group's clean-up could wait for the dead peer
