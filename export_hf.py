@@ -10,9 +10,10 @@ Which transformers class, by the model's switches:
 - rope on (with any gqa, swa): Starcoder2ForCausalLM, which is exactly this model (LayerNorm, tanh-GELU MLP,
   tied embeddings, rotate-half RoPE, num_key_value_heads, sliding_window: a key at distance < window is seen).
 - swa without rope: no transformers architecture has learned positions and a sliding window; an error.
-Where bias=False, the biases written are zeros. The names go through hf_names.py, the table load_gpt2.py reads
-back with. Weights are written as safetensors by write_safetensors below (no pickle), beside config.json and
-the tokenizer: GPT-2's BPE files (vocab.json, merges.txt), or a character vocabulary in char_vocab.json.
+Where bias=False, the biases written are zeros (llama.cpp's Starcoder2 requires every bias). The names go through
+hf_names.py, the table load_gpt2.py reads back with. Weights are written as safetensors by write_safetensors
+below (no pickle), beside config.json and the tokenizer: GPT-2's BPE files (vocab.json, merges.txt), or a
+character vocabulary in char_vocab.json.
 """
 
 import dataclasses
@@ -141,6 +142,9 @@ def main(argv=None):
     print(f"wrote {hf_dir}: {architecture} ({', '.join(files)})")
     if spec.get("name") == "char":
         print("a character-level model: its vocabulary is char_vocab.json (itos: token id -> character), see the README")
+    if model.config.swa:
+        print(f"note: llama.cpp's Starcoder2 ignores sliding_window (it attends over the whole context), so there "
+              f"this model computes something else past window_size={model.config.window_size} tokens")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ load_gpt2.py reads with it.
   nn.Linear's transposed. lm_head is not stored: it is wte.
 - Starcoder2 (Starcoder2ForCausalLM): the same model as GPT with rope=True (LayerNorm, tanh-GELU MLP c_fc/c_proj,
   tied embeddings, rotate-half RoPE, num_key_value_heads, sliding_window), under other names, with c_attn split
-  into q_proj, k_proj and v_proj. Its LayerNorms always have biases; its Linears only with use_bias.
+  into q_proj, k_proj and v_proj. Its LayerNorms always have biases; its Linears only with use_bias (always
+  written, as zeros where bias=False: llama.cpp's Starcoder2 requires them).
 """
 
 import re
@@ -44,15 +45,14 @@ def join_name(module, layer, leaf):
 
 def gpt2_tensors(sd, config):
     """GPT's state_dict (gqa off) as GPT2LMHeadModel's tensors; biases are zeros where bias=False."""
-    sd = with_zero_biases(sd, config, [k.removesuffix(".weight") for k in sd if k.endswith(".weight")
-                                       and k not in ("transformer.wte.weight", "transformer.wpe.weight", "lm_head.weight")])
+    sd = with_zero_biases(sd, config)
     return {name: t.t() if name.endswith(GPT2_CONV1D) else t for name, t in sd.items() if name != "lm_head.weight"}
 
 
 def starcoder2_tensors(sd, config):
-    """GPT's state_dict (rope on) as Starcoder2ForCausalLM's tensors. Where bias=False, the LayerNorms get zero
-    biases (Starcoder2's always have one) and the Linears none (use_bias=False)."""
-    sd = with_zero_biases(sd, config, [k.removesuffix(".weight") for k in sd if re.search(r"\.ln_(1|2|f)\.weight$", k)])
+    """GPT's state_dict (rope on) as Starcoder2ForCausalLM's tensors, with use_bias=True: biases are zeros where
+    bias=False, because llama.cpp's Starcoder2 requires every bias (use_bias=False converts but does not load)."""
+    sd = with_zero_biases(sd, config)
     hd, nkv = config.n_embd // config.n_head, config.n_kv_head if config.gqa else config.n_head
     out = {}
     for name, t in sd.items():
@@ -65,11 +65,14 @@ def starcoder2_tensors(sd, config):
     return out
 
 
-def with_zero_biases(sd, config, modules):
-    """sd plus a zero bias for each of modules when bias=False (a weight's first dimension is its output)."""
+def with_zero_biases(sd, config):
+    """sd plus a zero bias for each LayerNorm and Linear when bias=False (a weight's first dimension is its
+    output); the embeddings have none."""
     if config.bias:
         return sd
-    return {**sd, **{f"{m}.bias": torch.zeros(sd[f"{m}.weight"].shape[0]) for m in modules}}
+    modules = [k.removesuffix(".weight") for k in sd if k.endswith(".weight")
+               and k not in ("transformer.wte.weight", "transformer.wpe.weight", "lm_head.weight")]
+    return {**sd, **{f"{m}.bias": sd[f"{m}.weight"].new_zeros(sd[f"{m}.weight"].shape[0]) for m in modules}}
 
 
 def from_starcoder2(tensors, use_bias):
@@ -109,7 +112,7 @@ def hf_starcoder2_config(config):
         "num_key_value_heads": config.n_kv_head if config.gqa else config.n_head,
         "hidden_act": "gelu_pytorch_tanh", "max_position_embeddings": config.block_size, "norm_epsilon": 1e-5,
         "rope_theta": config.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
-        "sliding_window": config.window_size if config.swa else None, "use_bias": config.bias,
+        "sliding_window": config.window_size if config.swa else None, "use_bias": True,  # bias=False: zeros (llama.cpp)
         "tie_word_embeddings": True, "attention_dropout": config.dropout, "residual_dropout": config.dropout,
         "embedding_dropout": 0.0, "bos_token_id": None, "eos_token_id": None,
         "torch_dtype": "float32",

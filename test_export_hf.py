@@ -27,6 +27,25 @@ CASES = {  # name: (GPTConfig switches, transformers class)
     "rope-gqa-swa-nobias": (dict(rope=True, gqa=True, n_kv_head=1, swa=True, window_size=5, bias=False),
                             Starcoder2ForCausalLM),
 }
+# The Hugging Face names of every tensor llama.cpp's loader requires, by architecture, as its converter maps them
+# (llama.cpp as vendored in llama-cpp-python 0.3.36): required tensors from src/models/starcoder2.cpp and
+# src/models/gpt2.cpp, load_arch_tensors (every bias there has flag 0, "required"; q/k/v biases are optional
+# there but use_bias=True makes transformers require them); the names from gguf-py/gguf/tensor_mapping.py
+# (model.embed_tokens -> token_embd, model.norm -> output_norm, input_layernorm -> attn_norm, q/k/v_proj ->
+# attn_q/k/v, o_proj -> attn_output, post_attention_layernorm -> ffn_norm, mlp.c_fc -> ffn_up, mlp.c_proj ->
+# ffn_down; transformer.wte/wpe -> token_embd/position_embd, ln_f -> output_norm, ln_1 -> attn_norm, c_attn ->
+# attn_qkv, attn.c_proj -> attn_output, ln_2 -> ffn_norm). {bid} is a layer. Nothing else may be in the file:
+# the converter refuses a name it cannot map.
+LLAMA_CPP_TENSORS = {
+    "Starcoder2ForCausalLM": (["model.embed_tokens.weight", "model.norm.weight", "model.norm.bias"], [
+        f"model.layers.{{bid}}.{m}.{leaf}" for leaf in ("weight", "bias") for m in (
+            "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+            "post_attention_layernorm", "mlp.c_fc", "mlp.c_proj")]),
+    "GPT2LMHeadModel": (["transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight",
+                         "transformer.ln_f.bias"], [
+        f"transformer.h.{{bid}}.{m}.{leaf}" for leaf in ("weight", "bias") for m in (
+            "ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")]),
+}
 IDX = torch.randint(0, len(ITOS), (2, 24), generator=torch.Generator().manual_seed(1))
 
 
@@ -78,6 +97,18 @@ def test_load_gpt2_reads_it_back_bit_exact(exported):
         torch.testing.assert_close(back(IDX)[0], model(IDX)[0], atol=1e-6, rtol=0)
 
 
+def test_it_holds_every_tensor_llama_cpp_requires(exported):
+    """llama.cpp's Starcoder2 requires every bias: a bias=False model is written with use_bias=True and zeros."""
+    model, hf_dir, cls = exported
+    top, per_layer = LLAMA_CPP_TENSORS[cls.__name__]
+    tensors = read_safetensors(str(hf_dir / "model.safetensors"))
+    assert tensors.keys() == set(top) | {n.format(bid=i) for n in per_layer for i in range(model.config.n_layer)}
+    if cls is Starcoder2ForCausalLM:
+        assert json.loads((hf_dir / "config.json").read_text())["use_bias"] is True
+    if not model.config.bias:
+        assert not any(t.any() for name, t in tensors.items() if name.endswith(".bias"))
+
+
 def test_the_file_is_plain_safetensors(exported):
     _, hf_dir, _ = exported
     theirs = load_file(hf_dir / "model.safetensors")  # the safetensors package reads what our writer wrote
@@ -125,6 +156,18 @@ def test_command_line_exports_a_checkpoint(tmp_path, capsys):
         export_hf.main([f"--out_dir={tmp_path}", f"--hf_dir={tmp_path / 'swa'}"])
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.startswith("error: swa=True without rope") and err.count("\n") == 1
+
+
+def test_command_line_says_llama_cpp_ignores_the_window(tmp_path, capsys):
+    for switches in (dict(rope=True), dict(rope=True, swa=True, window_size=6)):
+        model = tiny(switches)
+        torch.save({"model": model.state_dict(), "model_args": dataclasses.asdict(model.config),
+                    "tokenizer": {"name": "char", "itos": ITOS}}, tmp_path / "ckpt.pt")
+        export_hf.main([f"--out_dir={tmp_path}"])
+        notes = [line for line in capsys.readouterr().out.splitlines() if "llama.cpp" in line]
+        assert notes == ([] if not model.config.swa else [
+            "note: llama.cpp's Starcoder2 ignores sliding_window (it attends over the whole context), so there this "
+            "model computes something else past window_size=6 tokens"])
 
 
 @pytest.mark.parametrize("use_bias", [True, False])
