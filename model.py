@@ -281,7 +281,7 @@ class GPT(nn.Module):
             elif cache is None or (cached >= cfg.block_size and not runs_on):
                 prompt = seq[:, -cfg.block_size:]
                 # room for the prompt and the tokens still to feed back (the last one never is)
-                cache = KVCache(cfg, seq.size(0), seq.device, self.lm_head.weight.dtype,
+                cache = KVCache(cfg, seq.size(0), seq.device, self.transformer.wte.weight.dtype,
                                 max_len=prompt.size(1) + max_new_tokens - 1 - step)
                 logits, _ = self(prompt, cache=cache, last_only=True)  # prefill
                 cached = prompt.size(1)
@@ -441,3 +441,60 @@ def pack_weights_for_cpu_(model):
         module.packed_weight = weight
         module.__class__ = PackedLinear
     return True
+
+
+# int8 kernel that reads the int8 bytes directly (a private op, so behind a check; plain form otherwise)
+HAS_INT8_KERNEL = hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+class Int8Linear(nn.Module):
+    """
+    A Linear with weight-only int8 weights for generation: per output channel, symmetric, weight ~ int8 * scales
+    (the scales, like the bias, in the activation dtype, as .to(dtype) casts them and not the int8). On a CPU
+    with bfloat16 activations a kernel reads the int8 bytes directly; elsewhere F.linear on the weight cast to
+    x's dtype, times the scales, the form torch.compile fuses on CUDA (as in gpt-fast).
+    """
+
+    def __init__(self, linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127       # (out,): the largest weight becomes +-127
+        self.register_buffer("weight", torch.round(w / scales[:, None]).to(torch.int8))
+        self.register_buffer("scales", scales.to(linear.weight.dtype))
+        self.bias = linear.bias
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("int8 weights are for generation and cannot be trained: call model.eval() after "
+                               "quantize_int8_, and train the float model")
+        K = self.weight.size(1)
+        if HAS_INT8_KERNEL and x.device.type == "cpu" and x.dtype == torch.bfloat16 and K % 16 == 0:
+            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, K), self.weight, self.scales).view(*x.shape[:-1], -1)
+        else:
+            y = F.linear(x, self.weight.to(x.dtype)) * self.scales
+        return y if self.bias is None else y + self.bias
+
+
+def quantize_problem(quantize, device_type, dtype):
+    """What is wrong with quantize for generation on device_type in dtype (a name), or None."""
+    if quantize not in (None, "int8"):
+        return f"quantize={quantize!r} must be int8 or None"
+    if quantize and device_type == "cpu" and dtype != "bfloat16":
+        return (f"quantize=int8 on a CPU needs dtype=bfloat16 (got {dtype}): its int8 kernel takes bfloat16 "
+                f"activations, and without it int8 is slower than {dtype}")
+    return None
+
+
+def quantize_int8_(model):
+    """
+    For generation: every Linear, lm_head included, becomes an Int8Linear, half the bytes per token of
+    bfloat16. lm_head is the largest matrix (GPT-2's 50257 x 768, a third of the weights), read at every
+    token, so it is quantized too; the embedding keeps its float weight (tied lm_head gets an int8 copy), as
+    a lookup reads only one row per token. Quantize the float32 model, then cast it (.to(dtype) sets the
+    scales' dtype) and pack. Returns the model.
+    """
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) in (nn.Linear, PackedLinear):
+                setattr(parent, name, Int8Linear(child).train(child.training))
+    return model
