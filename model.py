@@ -146,10 +146,10 @@ class CausalSelfAttention(nn.Module):
             y = sliding_window_attention(q, k, v, self.window_size, dropout_p)  # (B, nh, T, hd)
         else:
             # mask None is plain causal attention (the flash kernels on CUDA; under SWA too while T fits in the
-            # window), or one new token that sees every key the cache returns. Under GQA query head h reads kv
+            # window), or one new token that sees every key it is given. Under GQA query head h reads kv
             # head h // (nh // nkv): enable_gqa, no copies.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                               is_causal=mask is None,
+                                               is_causal=mask is None and T > 1,
                                                enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -216,9 +216,12 @@ class GPT(nn.Module):
         cfg = self.config
         check_token_ids(idx)
         B, T = idx.size()
-        start = 0 if cache is None else cache.pos                # the cache's position is a 0-dim tensor
-        if not torch.compiler.is_compiling():  # checks that read the position as a number, which a compiled
-            check_positions(cfg, T, int(start), cache)           # step must not: it serves every position
+        # the cache's position: a number in eager steps (read without waiting on the device), a 0-dim tensor in
+        # compiled ones, so that one graph serves every position
+        compiling = torch.compiler.is_compiling()
+        start = 0 if cache is None else cache.pos if compiling else cache.length
+        if not compiling:
+            check_positions(cfg, T, start, cache)
         pos = start + torch.arange(T, device=idx.device)          # (T,)
 
         # positions enter: added as learned vectors, or (RoPE) as rotations inside attention
@@ -230,9 +233,9 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
 
-        # the mask: None is plain causal (SWA's window is applied in attention); one new token sees the cache's
-        # filled slots
-        mask = cache.filled_slots() if cache is not None and T == 1 else None
+        # the mask: None is plain causal (SWA's window is applied in attention), or one new token that sees the
+        # cache's filled slots (eager steps are given those only; a compiled step is given all, and this mask)
+        mask = cache.filled_slots() if cache is not None and T == 1 and compiling else None
 
         for block in self.transformer.h:
             x = block(x, cos_sin, mask, cache)
@@ -307,9 +310,11 @@ class KVCache(nn.Module):
     Mistral). Memory is bounded by the window, and under RoPE positions may run on past block_size.
     max_len, when known, caps S: generation sizes the cache to the prompt and the tokens it will add.
 
-    A decode step has the same shapes at every position, as in gpt-fast: the position is a tensor, the step
-    writes slot pos % S and attends over all S slots with a mask that hides the empty ones. So one graph of
-    torch.compile serves every position.
+    An eager decode step reads the position as a number, length, writes slot length % S and attends over
+    the filled slots only: no mask to build, and no step waits on the device to read a position. A compiled
+    step has the same shapes at every position, as in gpt-fast: the position is the tensor pos, the step
+    writes slot pos % S and attends over all S slots with a mask that hides the empty ones, so one graph of
+    torch.compile serves every position. Compiled steps advance pos only: a cache they filled is for them.
     """
 
     def __init__(self, config, batch_size, device, dtype, max_len=None):
@@ -322,6 +327,7 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         # tokens seen so far: the next token's position
         self.register_buffer("pos", torch.zeros((), dtype=torch.long, device=device), persistent=False)
+        self.length = 0  # the same, as a number, for eager steps
 
     def update(self, layer, k, v):
         """Store k, v (B, nkv, T, hd) of the next T positions; return the keys and values they attend over."""
@@ -332,19 +338,26 @@ class KVCache(nn.Module):
             ks.index_copy_(2, slots, k[:, :, -keep:])
             vs.index_copy_(2, slots, v[:, :, -keep:])
             return k, v
-        # decode: position pos goes to slot pos % S (the oldest slot, under SWA); filled_slots() masks the rest
-        slot = (self.pos % S).view(1)
-        ks.index_copy_(2, slot, k)
-        vs.index_copy_(2, slot, v)
-        return ks, vs
+        # decode: position pos goes to slot pos % S (the oldest slot, under SWA)
+        if torch.compiler.is_compiling():  # all S slots; filled_slots() masks the empty ones
+            slot = (self.pos % S).view(1)
+            ks.index_copy_(2, slot, k)
+            vs.index_copy_(2, slot, v)
+            return ks, vs
+        ks[:, :, self.length % S] = k[:, :, 0]
+        vs[:, :, self.length % S] = v[:, :, 0]
+        filled = min(self.length + 1, S)
+        return ks[:, :, :filled], vs[:, :, :filled]
 
     def filled_slots(self):
-        """(1, S) booleans, True where a slot holds a position, during decoding (after update): slots fill in
-        order from 0, and all are filled once pos >= S - 1."""
+        """(1, S) booleans, True where a slot holds a position, during compiled decoding (after update): slots
+        fill in order from 0, and all are filled once pos >= S - 1."""
         return (torch.arange(self.k.size(3), device=self.pos.device) <= self.pos)[None, :]
 
     def advance(self, T):
         self.pos += T
+        if not torch.compiler.is_compiling():  # a number in a compiled graph would be a guard, one graph per value
+            self.length += T
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -321,7 +321,7 @@ def test_cache_prefill_then_decode_equals_one_forward(rope, gqa, swa):
         logits, _ = model(idx[:, start:start + size], cache=cache)
         chunks.append(logits)
         start += size
-    assert start == 30 and cache.pos == 30
+    assert start == 30 and cache.pos == 30 and cache.length == 30
     torch.testing.assert_close(torch.cat(chunks, dim=1), expected, atol=1e-5, rtol=1e-5)
     cache = KVCache(config, 2, "cpu", torch.float32)
     model(idx[:, :5], cache=cache)
