@@ -3,6 +3,7 @@ Speed of model.py: generation tokens/s with and without the KV cache, and traini
 
     python bench.py                                   # GPT-2 124M, batch 1, 16-token prompt, 128 new tokens
     python bench.py --dtype=float32                   # generation in float32 (auto: as sample.py chooses)
+    python bench.py --quantize=int8                   # generation with int8 weights (bfloat16 activations)
     python bench.py --compare_hf=True                 # transformers' GPT2LMHeadModel on the same workload
     python bench.py --n_layer=4 --rope=True --gqa=True --swa=True --device=cuda --dtype=bfloat16 --compile=True
     python bench.py --compile=True                    # eager, then compiled: generation and training (minutes on a CPU)
@@ -24,13 +25,14 @@ import torch.nn.functional as F
 
 from configurator import DTYPES, UserError, exit_with_error, load_config, pick_device, pick_dtype
 import model as model_py
-from model import GPT, GPTConfig, KVCache, attention_mask, pack_weights_for_cpu_, sliding_window_attention
+from model import (GPT, GPTConfig, KVCache, attention_mask, pack_weights_for_cpu_, quantize_int8_, quantize_problem,
+                   sliding_window_attention)
 
 DEFAULTS = dict(
     asdict(GPTConfig(vocab_size=50257)),  # GPT-2 124M as OpenAI shipped it
     batch_size=1, prompt_len=16, max_new_tokens=128,   # generation workload
     train_batch_size=4, train_seq_len=256, train_steps=3,  # training workload (one optimizer step each; 0: none)
-    device="auto", dtype="auto", compile=False, compare_hf=False, seed=1337,
+    device="auto", dtype="auto", quantize=None, compile=False, compare_hf=False, seed=1337,
     long_swa=False,  # instead: SWA over long sequences, chunked (model.py) vs a dense mask vs full causal
     switches=False,  # instead: one table, a row for each combination of rope, gqa and swa (GPT-2 124M-sized)
 )
@@ -49,10 +51,33 @@ def timed(fn, device):
 
 
 def bench_generation(model, prompt, new_tokens, use_cache, device, compiled=False):
+    """(seconds to the first token, decode tokens/s after it), for greedy generation of new_tokens."""
     # warm-up; compiling needs the same lengths as the run (the cache's size is one)
     model.generate(prompt, new_tokens if compiled else 4, temperature=0.0, use_cache=use_cache)
-    seconds = timed(lambda: model.generate(prompt, new_tokens, temperature=0.0, use_cache=use_cache), device)
-    return prompt.size(0) * new_tokens / seconds
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    tokens = model.generate_tokens(prompt, new_tokens, temperature=0.0, use_cache=use_cache)
+    next(tokens)
+    sync()
+    first = time.perf_counter()
+    for _ in tokens:
+        pass
+    sync()
+    return first - start, prompt.size(0) * (new_tokens - 1) / (time.perf_counter() - first)
+
+
+def weight_bytes_per_token(model):
+    """Bytes of the matrices (with scales and biases) that one decode step reads: every Linear's, lm_head's
+    included. The embeddings' lookups read a row each and the KV cache grows with the context: not counted."""
+    linears = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, model_py.Int8Linear))]
+    tensors = [t for m in linears for t in (m.weight, getattr(m, "scales", None), m.bias) if t is not None]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def generation_line(name, ttft, rate, weight_bytes, batch_size):
+    return (f"{name}: first token {1000 * ttft:6.1f} ms, decode {rate:7.1f} tokens/s, {weight_bytes / 1e6:.0f} MB "
+            f"of weights per token = {weight_bytes * rate / batch_size / 1e9:.1f} GB/s")
 
 
 def bench_hf_generation(model, prompt, new_tokens, use_cache, device):
@@ -127,7 +152,7 @@ def bench_context(model, context, new_tokens, device):
     idx = torch.randint(model.config.vocab_size, (1, context), device=device)
     model(idx[:, :16], last_only=True)  # warm-up
     prefill_ms = 1000 * timed(lambda: model(idx, last_only=True), device)
-    cache = KVCache(model.config, 1, device, model.lm_head.weight.dtype, max_len=context + new_tokens)
+    cache = KVCache(model.config, 1, device, model.transformer.wte.weight.dtype, max_len=context + new_tokens)
     model(idx[:, :context - 4], cache=cache, last_only=True)
     for t in range(context - 4, context):  # warm-up, up to context tokens in the cache
         model(idx[:, t:t + 1], cache=cache)
@@ -150,7 +175,7 @@ def bench_switches(cfg, device, gen_dtype, autocast):
         if device == "cpu":
             pack_weights_for_cpu_(model)
         params = sum(p.numel() for p in model.parameters())
-        cache = KVCache(config, 1, "meta", model.lm_head.weight.dtype)
+        cache = KVCache(config, 1, "meta", model.transformer.wte.weight.dtype)
         per_token = (cache.k.numel() + cache.v.numel()) * cache.k.element_size() // cache.k.size(3)
         kv = f"{per_token:,}" + (f" (at most {config.window_size} tokens)" if swa else "")
         prefill_ms, decode_rate = bench_context(model, 1000, 8, device)
@@ -171,7 +196,14 @@ def main():
         train_dtype = DTYPES[pick_dtype(cfg["dtype"], device)]
     except (UserError, ValueError) as e:
         exit_with_error(str(e))
+    problem = quantize_problem(cfg["quantize"], device.type, gen_dtype)
+    if problem:
+        exit_with_error(problem)
+    if cfg["quantize"] and cfg["compare_hf"]:
+        exit_with_error("compare_hf=True compares float weights: leave quantize=None")
     device = str(device)
+    if cfg["max_new_tokens"] < 2:
+        exit_with_error(f"max_new_tokens={cfg['max_new_tokens']} must be at least 2: the first token, then decoding")
     if cfg["prompt_len"] + cfg["max_new_tokens"] > config.block_size:
         exit_with_error(f"prompt_len + max_new_tokens = {cfg['prompt_len'] + cfg['max_new_tokens']} must fit "
                         f"in block_size={config.block_size}")
@@ -187,24 +219,30 @@ def main():
     if cfg["switches"]:
         return bench_switches(cfg, device, gen_dtype, autocast)
     print(f"device {device}, dtype {gen_dtype} (generation) {str(train_dtype)[6:]} (training), "
-          f"compile {cfg['compile']}, {config}")
+          f"quantize {cfg['quantize']}, compile {cfg['compile']}, {config}")
 
-    model = GPT(config).to(device=device, dtype=DTYPES[gen_dtype]).eval()
+    model = GPT(config).eval()
+    if cfg["quantize"]:  # as sample.py does: from the float32 weights, then cast (the scales too) and pack
+        quantize_int8_(model)
+    model.to(device=device, dtype=DTYPES[gen_dtype])
     if device == "cpu":
         pack_weights_for_cpu_(model)  # as sample.py does for generation on a CPU
+    weight_bytes = weight_bytes_per_token(model)
     prompt = torch.randint(config.vocab_size, (cfg["batch_size"], cfg["prompt_len"]), device=device)
     workload = f"batch {cfg['batch_size']}, {cfg['prompt_len']}-token prompt, {cfg['max_new_tokens']} new tokens"
     for use_cache in (True, False):
-        rate = bench_generation(model, prompt, cfg["max_new_tokens"], use_cache, device)
-        line = f"generate, {'with' if use_cache else 'without'} cache: {rate:8.1f} tokens/s"
+        ttft, rate = bench_generation(model, prompt, cfg["max_new_tokens"], use_cache, device)
+        line = generation_line(f"generate, {'with' if use_cache else 'without'} cache", ttft, rate, weight_bytes,
+                               cfg["batch_size"])
         if cfg["compare_hf"]:
             hf_rate = bench_hf_generation(model, prompt, cfg["max_new_tokens"], use_cache, device)
             line += f"   (transformers GPT2LMHeadModel, float32: {hf_rate:.1f} tokens/s)"
         print(f"{line}   [{workload}]")
     if cfg["compile"]:  # in place, as sample.py does: one graph for prefill, one for every decode step
         model.compile(mode="reduce-overhead" if device.startswith("cuda") else None)
-        rate = bench_generation(model, prompt, cfg["max_new_tokens"], True, device, compiled=True)
-        print(f"generate, with cache, compiled: {rate:8.1f} tokens/s   [{workload}]")
+        ttft, rate = bench_generation(model, prompt, cfg["max_new_tokens"], True, device, compiled=True)
+        print(f"{generation_line('generate, with cache, compiled', ttft, rate, weight_bytes, cfg['batch_size'])}   "
+              f"[{workload}]")
     if cfg["train_steps"] > 0:  # 0: generation only
         rate = bench_training(config, dict(cfg, compile=False), device, autocast)
         line = f"train (forward, backward, AdamW step): {rate:8.1f} tokens/s"

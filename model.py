@@ -146,10 +146,10 @@ class CausalSelfAttention(nn.Module):
             y = sliding_window_attention(q, k, v, self.window_size, dropout_p)  # (B, nh, T, hd)
         else:
             # mask None is plain causal attention (the flash kernels on CUDA; under SWA too while T fits in the
-            # window), or one new token that sees every key the cache returns. Under GQA query head h reads kv
+            # window), or one new token that sees every key it is given. Under GQA query head h reads kv
             # head h // (nh // nkv): enable_gqa, no copies.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                               is_causal=mask is None,
+                                               is_causal=mask is None and T > 1,
                                                enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -216,9 +216,12 @@ class GPT(nn.Module):
         cfg = self.config
         check_token_ids(idx)
         B, T = idx.size()
-        start = 0 if cache is None else cache.pos                # the cache's position is a 0-dim tensor
-        if not torch.compiler.is_compiling():  # checks that read the position as a number, which a compiled
-            check_positions(cfg, T, int(start), cache)           # step must not: it serves every position
+        # the cache's position: a number in eager steps (read without waiting on the device), a 0-dim tensor in
+        # compiled ones, so that one graph serves every position
+        compiling = torch.compiler.is_compiling()
+        start = 0 if cache is None else cache.pos if compiling else cache.length
+        if not compiling:
+            check_positions(cfg, T, start, cache)
         pos = start + torch.arange(T, device=idx.device)          # (T,)
 
         # positions enter: added as learned vectors, or (RoPE) as rotations inside attention
@@ -230,9 +233,9 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
 
-        # the mask: None is plain causal (SWA's window is applied in attention); one new token sees the cache's
-        # filled slots
-        mask = cache.filled_slots() if cache is not None and T == 1 else None
+        # the mask: None is plain causal (SWA's window is applied in attention), or one new token that sees the
+        # cache's filled slots (eager steps are given those only; a compiled step is given all, and this mask)
+        mask = cache.filled_slots() if cache is not None and T == 1 and compiling else None
 
         for block in self.transformer.h:
             x = block(x, cos_sin, mask, cache)
@@ -281,7 +284,7 @@ class GPT(nn.Module):
             elif cache is None or (cached >= cfg.block_size and not runs_on):
                 prompt = seq[:, -cfg.block_size:]
                 # room for the prompt and the tokens still to feed back (the last one never is)
-                cache = KVCache(cfg, seq.size(0), seq.device, self.lm_head.weight.dtype,
+                cache = KVCache(cfg, seq.size(0), seq.device, self.transformer.wte.weight.dtype,
                                 max_len=prompt.size(1) + max_new_tokens - 1 - step)
                 logits, _ = self(prompt, cache=cache, last_only=True)  # prefill
                 cached = prompt.size(1)
@@ -307,9 +310,11 @@ class KVCache(nn.Module):
     Mistral). Memory is bounded by the window, and under RoPE positions may run on past block_size.
     max_len, when known, caps S: generation sizes the cache to the prompt and the tokens it will add.
 
-    A decode step has the same shapes at every position, as in gpt-fast: the position is a tensor, the step
-    writes slot pos % S and attends over all S slots with a mask that hides the empty ones. So one graph of
-    torch.compile serves every position.
+    An eager decode step reads the position as a number, length, writes slot length % S and attends over
+    the filled slots only: no mask to build, and no step waits on the device to read a position. A compiled
+    step has the same shapes at every position, as in gpt-fast: the position is the tensor pos, the step
+    writes slot pos % S and attends over all S slots with a mask that hides the empty ones, so one graph of
+    torch.compile serves every position. Compiled steps advance pos only: a cache they filled is for them.
     """
 
     def __init__(self, config, batch_size, device, dtype, max_len=None):
@@ -322,6 +327,7 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         # tokens seen so far: the next token's position
         self.register_buffer("pos", torch.zeros((), dtype=torch.long, device=device), persistent=False)
+        self.length = 0  # the same, as a number, for eager steps
 
     def update(self, layer, k, v):
         """Store k, v (B, nkv, T, hd) of the next T positions; return the keys and values they attend over."""
@@ -332,19 +338,26 @@ class KVCache(nn.Module):
             ks.index_copy_(2, slots, k[:, :, -keep:])
             vs.index_copy_(2, slots, v[:, :, -keep:])
             return k, v
-        # decode: position pos goes to slot pos % S (the oldest slot, under SWA); filled_slots() masks the rest
-        slot = (self.pos % S).view(1)
-        ks.index_copy_(2, slot, k)
-        vs.index_copy_(2, slot, v)
-        return ks, vs
+        # decode: position pos goes to slot pos % S (the oldest slot, under SWA)
+        if torch.compiler.is_compiling():  # all S slots; filled_slots() masks the empty ones
+            slot = (self.pos % S).view(1)
+            ks.index_copy_(2, slot, k)
+            vs.index_copy_(2, slot, v)
+            return ks, vs
+        ks[:, :, self.length % S] = k[:, :, 0]
+        vs[:, :, self.length % S] = v[:, :, 0]
+        filled = min(self.length + 1, S)
+        return ks[:, :, :filled], vs[:, :, :filled]
 
     def filled_slots(self):
-        """(1, S) booleans, True where a slot holds a position, during decoding (after update): slots fill in
-        order from 0, and all are filled once pos >= S - 1."""
+        """(1, S) booleans, True where a slot holds a position, during compiled decoding (after update): slots
+        fill in order from 0, and all are filled once pos >= S - 1."""
         return (torch.arange(self.k.size(3), device=self.pos.device) <= self.pos)[None, :]
 
     def advance(self, T):
         self.pos += T
+        if not torch.compiler.is_compiling():  # a number in a compiled graph would be a guard, one graph per value
+            self.length += T
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -441,3 +454,60 @@ def pack_weights_for_cpu_(model):
         module.packed_weight = weight
         module.__class__ = PackedLinear
     return True
+
+
+# int8 kernel that reads the int8 bytes directly (a private op, so behind a check; plain form otherwise)
+HAS_INT8_KERNEL = hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+class Int8Linear(nn.Module):
+    """
+    A Linear with weight-only int8 weights for generation: per output channel, symmetric, weight ~ int8 * scales
+    (the scales, like the bias, in the activation dtype, as .to(dtype) casts them and not the int8). On a CPU
+    with bfloat16 activations a kernel reads the int8 bytes directly; elsewhere F.linear on the weight cast to
+    x's dtype, times the scales, the form torch.compile fuses on CUDA (as in gpt-fast).
+    """
+
+    def __init__(self, linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127       # (out,): the largest weight becomes +-127
+        self.register_buffer("weight", torch.round(w / scales[:, None]).to(torch.int8))
+        self.register_buffer("scales", scales.to(linear.weight.dtype))
+        self.bias = linear.bias
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("int8 weights are for generation and cannot be trained: call model.eval() after "
+                               "quantize_int8_, and train the float model")
+        K = self.weight.size(1)
+        if HAS_INT8_KERNEL and x.device.type == "cpu" and x.dtype == torch.bfloat16 and K % 16 == 0:
+            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, K), self.weight, self.scales).view(*x.shape[:-1], -1)
+        else:
+            y = F.linear(x, self.weight.to(x.dtype)) * self.scales
+        return y if self.bias is None else y + self.bias
+
+
+def quantize_problem(quantize, device_type, dtype):
+    """What is wrong with quantize for generation on device_type in dtype (a name), or None."""
+    if quantize not in (None, "int8"):
+        return f"quantize={quantize!r} must be int8 or None"
+    if quantize and device_type == "cpu" and dtype != "bfloat16":
+        return (f"quantize=int8 on a CPU needs dtype=bfloat16 (got {dtype}): its int8 kernel takes bfloat16 "
+                f"activations, and without it int8 is slower than {dtype}")
+    return None
+
+
+def quantize_int8_(model):
+    """
+    For generation: every Linear, lm_head included, becomes an Int8Linear, half the bytes per token of
+    bfloat16. lm_head is the largest matrix (GPT-2's 50257 x 768, a third of the weights), read at every
+    token, so it is quantized too; the embedding keeps its float weight (tied lm_head gets an int8 copy), as
+    a lookup reads only one row per token. Quantize the float32 model, then cast it (.to(dtype) sets the
+    scales' dtype) and pack. Returns the model.
+    """
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) in (nn.Linear, PackedLinear):
+                setattr(parent, name, Int8Linear(child).train(child.training))
+    return model

@@ -20,7 +20,7 @@ import torch
 from configurator import DTYPES, ConfigError, UserError, exit_with_error, load_config, pick_device, pick_dtype
 from download import short
 from load_gpt2 import LoadError, load_model
-from model import generate_args_problem, pack_weights_for_cpu_
+from model import generate_args_problem, pack_weights_for_cpu_, quantize_int8_, quantize_problem
 
 DEFAULTS = dict(
     init_from="gpt2",     # gpt2, gpt2-medium, gpt2-large, gpt2-xl, resume (out_dir/ckpt.pt), or a Hugging Face-format path
@@ -34,6 +34,7 @@ DEFAULTS = dict(
     seed=1337,            # the same seed and options give the same text
     device="auto",        # auto: cuda, then mps, then cpu
     dtype="auto",         # auto: bfloat16 on CUDA and on a CPU with native bf16, else float32 (GPT-2's exact numerics)
+    quantize=None,        # int8: weight-only int8 weights, half of bfloat16's bytes per token (model.quantize_int8_)
     compile=False,        # torch.compile the model: slow to start, faster per token on a GPU
     use_cache=True,       # the KV cache: each new token costs one position instead of the whole context
     # changes to the trained model (see load_gpt2.apply_overrides); None keeps the checkpoint's
@@ -104,7 +105,11 @@ def check_sampling_options(c):
     if problem:
         raise ConfigError(problem)
     device = pick_device(c["device"])
-    return device, pick_dtype(c["dtype"], device, generation=True)
+    dtype = pick_dtype(c["dtype"], device, generation=True)
+    problem = quantize_problem(c["quantize"], device.type, dtype)
+    if problem:
+        raise ConfigError(problem)
+    return device, dtype
 
 
 def prompt_ids(start, tokenizer, block_size):
@@ -167,6 +172,9 @@ def sample(c):
     if model.config.vocab_size < tokenizer.vocab_size:
         raise LoadError(f"the model's vocab_size={model.config.vocab_size} is smaller than its tokenizer's "
                         f"{tokenizer.vocab_size} tokens: the two do not belong together")
+    n_params = sum(p.numel() for p in model.parameters())
+    if c["quantize"]:  # from the float32 weights; the cast below gives the scales the activation dtype
+        quantize_int8_(model)
     # the weights themselves in dtype: decoding reads each once per token, so fewer bytes are more tokens/s
     model.eval().to(device=device, dtype=DTYPES[dtype])
     if device.type == "cpu":
@@ -174,8 +182,8 @@ def sample(c):
     if c["compile"]:  # forward in place, so generate's calls use it; CUDA graphs on CUDA
         model.compile(mode="reduce-overhead" if device.type == "cuda" else None)
     ids = prompt_ids(tokenizer.default_prompt if c["start"] is None else c["start"], tokenizer, model.config.block_size)
-    print(f"{c['init_from']}: {sum(p.numel() for p in model.parameters()):,} parameters on {device} ({dtype})",
-          file=sys.stderr)
+    weights = f"int8 weights, {dtype} activations" if c["quantize"] else dtype
+    print(f"{c['init_from']}: {n_params:,} parameters on {device} ({weights})", file=sys.stderr)
     with torch.no_grad():
         generate(model, tokenizer, ids, c, device)
 

@@ -321,7 +321,7 @@ def test_cache_prefill_then_decode_equals_one_forward(rope, gqa, swa):
         logits, _ = model(idx[:, start:start + size], cache=cache)
         chunks.append(logits)
         start += size
-    assert start == 30 and cache.pos == 30
+    assert start == 30 and cache.pos == 30 and cache.length == 30
     torch.testing.assert_close(torch.cat(chunks, dim=1), expected, atol=1e-5, rtol=1e-5)
     cache = KVCache(config, 2, "cpu", torch.float32)
     model(idx[:, :5], cache=cache)
@@ -493,3 +493,69 @@ def test_packed_weights_keep_names_values_tying_and_gradients(dtype, atol):
     assert not torch.allclose(logits, before, atol=atol, rtol=0)
     logits.float().square().mean().backward()
     assert c_fc.weight.grad is not None and c_fc.weight.grad.abs().sum() > 0
+
+# ----------------------------------------------------------------------------------------------------
+# int8 weights
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_int8_linear_is_its_dequantized_weight_to_rounding(monkeypatch, kernel):
+    from model import Int8Linear
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    q = Int8Linear(linear).eval()
+    dequantized = q.weight.float() * q.scales[:, None]
+    assert q.weight.dtype == torch.int8 and q.scales.shape == (48,) and q.bias is linear.bias
+    assert torch.equal(q.weight.abs().amax(dim=1), torch.full((48,), 127, dtype=torch.int8))  # symmetric, per row
+    assert ((dequantized - linear.weight).abs() <= q.scales[:, None] / 2 + 1e-7).all()  # half a step at most
+    x = torch.randn(3, 5, 64)
+    with torch.no_grad():
+        expected = F.linear(x, dequantized, linear.bias)
+        torch.testing.assert_close(q(x), expected, atol=1e-5, rtol=1e-5)  # float32: always the plain form
+        monkeypatch.setattr(model_py, "HAS_INT8_KERNEL", kernel and model_py.HAS_INT8_KERNEL)
+        q.to(torch.bfloat16)
+        xb = x.bfloat16()
+        y = q(xb)
+        if model_py.HAS_INT8_KERNEL:  # the kernel that reads int8, with the bias added after
+            form = torch.ops.aten._weight_int8pack_mm(xb.view(15, 64), q.weight, q.scales).view(3, 5, 48) + q.bias
+        else:
+            form = F.linear(xb, q.weight.bfloat16()) * q.scales + q.bias
+        assert y.dtype == torch.bfloat16 and torch.equal(y, form)
+        torch.testing.assert_close(y.float(), expected, atol=0.05, rtol=0.02)  # to bfloat16's rounding
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_model_stays_near_the_float_model_and_caches_alike(dtype):
+    from model import quantize_int8_
+    model = perturbed_model(tiny_config(n_embd=64))
+    idx = torch.randint(97, (2, 12))
+    with torch.no_grad():
+        reference = model(idx)[0]
+    quantize_int8_(model).to(dtype)
+    assert model.lm_head.weight.dtype == torch.int8 and model.transformer.wte.weight.dtype == dtype
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    with torch.no_grad():
+        error = (model(idx)[0].float() - reference).abs() / reference.std()  # relative to the logits' spread
+    assert 0 < error.mean() < 0.03 and error.max() < 0.2, error  # measured: 1.2-1.7% mean, 7-12% max
+    tokens = model.generate(idx, 12, temperature=0.0)
+    assert torch.equal(model.generate(idx, 12, temperature=0.0, use_cache=False), tokens)
+
+
+def test_int8_weights_refuse_training_in_one_line():
+    from model import quantize_int8_
+    model = quantize_int8_(GPT(tiny_config()))  # in training mode, as a new GPT is
+    with pytest.raises(RuntimeError, match="int8 weights are for generation and cannot be trained"):
+        model(torch.randint(97, (1, 4)))
+    model.eval()(torch.randint(97, (1, 4)))
+
+
+@pytest.mark.parametrize("args,message", [
+    (("int4", "cpu", "bfloat16"), "quantize='int4' must be int8 or None"),
+    (("int8", "cpu", "float32"), "quantize=int8 on a CPU needs dtype=bfloat16 (got float32)"),
+    (("int8", "cuda", "float16"), None),
+    (("int8", "cpu", "bfloat16"), None),
+    ((None, "cpu", "float32"), None),
+])
+def test_quantize_problem_names_bad_combinations(args, message):
+    from model import quantize_problem
+    problem = quantize_problem(*args)
+    assert problem == message or message in problem
