@@ -146,10 +146,11 @@ class CausalSelfAttention(nn.Module):
             y = sliding_window_attention(q, k, v, self.window_size, dropout_p)  # (B, nh, T, hd)
         else:
             # mask None is plain causal attention (the flash kernels on CUDA; under SWA too while T fits in the
-            # window), or one new token that sees every key it is given. Under GQA query head h reads kv
-            # head h // (nh // nkv): enable_gqa, no copies.
+            # window), or one new token that sees every key it is given (cache is tested before T: a test of a
+            # dynamic T would break the compiled graph). Under GQA query head h reads kv head h // (nh // nkv):
+            # enable_gqa, no copies.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                               is_causal=mask is None and T > 1,
+                                               is_causal=mask is None and (cache is None or T > 1),
                                                enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
