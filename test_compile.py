@@ -171,7 +171,7 @@ def test_a_training_step_reads_the_device_once(data_dir, tmp_path, monkeypatch):
 
 def test_bench_with_compile_reports_training_compiled_beside_eager(monkeypatch, capsys):
     import bench
-    monkeypatch.setattr(bench, 'bench_generation', lambda *args, **kwargs: 1.0)  # generation is not this test's
+    monkeypatch.setattr(bench, 'bench_generation', lambda *args, **kwargs: (0.1, 1.0))  # (first token s, tokens/s): not this test's
     monkeypatch.setattr(bench, 'bench_training', lambda config, cfg, *args: 200.0 if cfg['compile'] else 100.0)
     monkeypatch.setattr(sys, 'argv', ['bench.py', '--compile=True', '--n_layer=1', '--n_head=2', '--n_embd=16',
                                       '--block_size=256', '--vocab_size=64', '--device=cpu', '--dtype=float32'])
