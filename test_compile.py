@@ -89,7 +89,9 @@ def torchrun(data_dir, out_dir, *args, stop_after=None):
 
 @pytest.mark.parametrize('parallel, switches, graphs', [
     ('ddp', 'off', 2),  # the whole model: training and evaluation
-    ('fsdp', 'rope+gqa+swa', 2),  # each Block compiled, the Blocks sharing their two graphs
+    ('ddp', 'rope+gqa+swa', 2),
+    ('fsdp', 'off', 2),  # each Block compiled, the Blocks sharing their two graphs
+    ('fsdp', 'rope+gqa+swa', 2),
 ])
 def test_ddp_and_fsdp_compiled_stop_resume_and_give_eager_losses(data_dir, tmp_path, parallel, switches, graphs):
     common = ['--gradient_accumulation_steps=2', '--eval_interval=2', f'--parallel={parallel}', *SWITCHES[switches]]
