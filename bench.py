@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from configurator import DTYPES, UserError, exit_with_error, load_config, pick_device, pick_dtype
 import model as model_py
-from model import (GPT, GPTConfig, KVCache, attention_mask, pack_weights_for_cpu_, quantize_int8_, quantize_problem,
+from model import (GPT, GPTConfig, KVCache, attention_mask, prepare_for_generation_, quantize_problem,
                    sliding_window_attention)
 
 DEFAULTS = dict(
@@ -171,9 +171,7 @@ def bench_switches(cfg, device, gen_dtype, autocast):
     for rope, gqa, swa in itertools.product([False, True], repeat=3):
         config = GPTConfig(vocab_size=50257, rope=rope, gqa=gqa, swa=swa)
         torch.manual_seed(cfg["seed"])
-        model = GPT(config).to(device=device, dtype=DTYPES[gen_dtype]).eval()
-        if device == "cpu":
-            pack_weights_for_cpu_(model)
+        model = prepare_for_generation_(GPT(config), device, DTYPES[gen_dtype])
         params = sum(p.numel() for p in model.parameters())
         cache = KVCache(config, 1, "meta", model.transformer.wte.weight.dtype)
         per_token = (cache.k.numel() + cache.v.numel()) * cache.k.element_size() // cache.k.size(3)
@@ -221,12 +219,7 @@ def main():
     print(f"device {device}, dtype {gen_dtype} (generation) {str(train_dtype)[6:]} (training), "
           f"quantize {cfg['quantize']}, compile {cfg['compile']}, {config}")
 
-    model = GPT(config).eval()
-    if cfg["quantize"]:  # as sample.py does: from the float32 weights, then cast (the scales too) and pack
-        quantize_int8_(model)
-    model.to(device=device, dtype=DTYPES[gen_dtype])
-    if device == "cpu":
-        pack_weights_for_cpu_(model)  # as sample.py does for generation on a CPU
+    model = prepare_for_generation_(GPT(config), device, DTYPES[gen_dtype], cfg["quantize"])  # as sample.py's
     weight_bytes = weight_bytes_per_token(model)
     prompt = torch.randint(config.vocab_size, (cfg["batch_size"], cfg["prompt_len"]), device=device)
     workload = f"batch {cfg['batch_size']}, {cfg['prompt_len']}-token prompt, {cfg['max_new_tokens']} new tokens"

@@ -512,3 +512,19 @@ def quantize_int8_(model):
             if type(child) in (nn.Linear, PackedLinear):
                 setattr(parent, name, Int8Linear(child).train(child.training))
     return model
+
+
+def prepare_for_generation_(model, device, dtype, quantize=None):
+    """
+    The model as sample.py and bench.py generate with it: in eval mode, with int8 weights if quantize is 'int8'
+    (quantized from the float weights, so before the cast, which gives the scales dtype), cast to device and
+    dtype (decoding reads each weight once per token: fewer bytes, more tokens/s), and on a CPU with its
+    Linears packed, last. Returns the model.
+    """
+    model.eval()
+    if quantize:
+        quantize_int8_(model)
+    model.to(device=device, dtype=dtype)
+    if torch.device(device).type == "cpu":
+        pack_weights_for_cpu_(model)
+    return model

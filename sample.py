@@ -20,7 +20,7 @@ import torch
 from configurator import DTYPES, ConfigError, UserError, exit_with_error, load_config, pick_device, pick_dtype
 from download import short
 from load_gpt2 import LoadError, load_model
-from model import generate_args_problem, pack_weights_for_cpu_, quantize_int8_, quantize_problem
+from model import generate_args_problem, prepare_for_generation_, quantize_problem
 
 DEFAULTS = dict(
     init_from="gpt2",     # gpt2, gpt2-medium, gpt2-large, gpt2-xl, resume (out_dir/ckpt.pt), or a Hugging Face-format path
@@ -173,12 +173,7 @@ def sample(c):
         raise LoadError(f"the model's vocab_size={model.config.vocab_size} is smaller than its tokenizer's "
                         f"{tokenizer.vocab_size} tokens: the two do not belong together")
     n_params = sum(p.numel() for p in model.parameters())
-    if c["quantize"]:  # from the float32 weights; the cast below gives the scales the activation dtype
-        quantize_int8_(model)
-    # the weights themselves in dtype: decoding reads each once per token, so fewer bytes are more tokens/s
-    model.eval().to(device=device, dtype=DTYPES[dtype])
-    if device.type == "cpu":
-        pack_weights_for_cpu_(model)  # faster matrix-vector products when decoding (see model.py)
+    prepare_for_generation_(model, device, DTYPES[dtype], c["quantize"])  # int8?, cast, packed on a CPU
     if c["compile"]:  # forward in place, so generate's calls use it; CUDA graphs on CUDA
         model.compile(mode="reduce-overhead" if device.type == "cuda" else None)
     ids = prompt_ids(tokenizer.default_prompt if c["start"] is None else c["start"], tokenizer, model.config.block_size)
