@@ -141,6 +141,7 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)             # (B, nkv, Tk, hd): the keys this step sees
+            q = q.to(k.dtype)                                 # a decode step attends in the cache's dtype
         dropout_p = self.dropout if self.training else 0.0
         if self.window_size is not None and T > self.window_size:  # SWA: only the keys in the window are computed
             y = sliding_window_attention(q, k, v, self.window_size, dropout_p)  # (B, nh, T, hd)
@@ -152,7 +153,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                                is_causal=mask is None and (cache is None or T > 1),
                                                enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hd)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, C).to(x.dtype)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -323,6 +324,9 @@ class KVCache(nn.Module):
         slots = min(config.window_size if config.swa else config.block_size, max_len or config.block_size)
         n_kv_head = config.n_kv_head if config.gqa else config.n_head
         shape = (config.n_layer, batch_size, n_kv_head, slots, config.n_embd // config.n_head)
+        # on a CPU in float32 whatever the model's dtype: attention of one query over bfloat16 keys is 5-8x slower
+        # there (PyTorch's CPU kernel, e.g. 0.86 against 0.10 ms a layer over 1024 keys)
+        dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
         # zeros, not empty: masked slots must hold numbers, as NaN * 0 would still be NaN
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
@@ -336,14 +340,14 @@ class KVCache(nn.Module):
         if T > 1:  # prefill, into the empty cache: the prompt attends to itself; its last S positions stay
             keep = min(T, S)
             slots = torch.arange(T - keep, T, device=k.device) % S
-            ks.index_copy_(2, slots, k[:, :, -keep:])
-            vs.index_copy_(2, slots, v[:, :, -keep:])
+            ks.index_copy_(2, slots, k[:, :, -keep:].to(ks.dtype))
+            vs.index_copy_(2, slots, v[:, :, -keep:].to(vs.dtype))
             return k, v
         # decode: position pos goes to slot pos % S (the oldest slot, under SWA)
         if torch.compiler.is_compiling():  # all S slots; filled_slots() masks the empty ones
             slot = (self.pos % S).view(1)
-            ks.index_copy_(2, slot, k)
-            vs.index_copy_(2, slot, v)
+            ks.index_copy_(2, slot, k.to(ks.dtype))
+            vs.index_copy_(2, slot, v.to(vs.dtype))
             return ks, vs
         ks[:, :, self.length % S] = k[:, :, 0]
         vs[:, :, self.length % S] = v[:, :, 0]
@@ -366,12 +370,13 @@ class KVCache(nn.Module):
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """The next token (B, 1) from the last position's logits (B, V)."""
+    logits = logits.float()  # argmax too: over bfloat16 it takes 2-3x as long on a CPU
     if temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits / temperature
+    ids = None  # with top_k, the tokens of the k logits kept: the draw is among those k only (cheaper than among all V)
     if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, -float("inf"))
+        logits, ids = torch.topk(logits, top_k, dim=-1)                     # (B, k) each
     if top_p is not None and top_p < 1.0:
         # nucleus: keep the most likely tokens until their probability reaches top_p (the first always stays)
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
@@ -379,7 +384,8 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         sorted_logits = sorted_logits.masked_fill(before >= top_p, -float("inf"))
         logits = torch.full_like(logits, -float("inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    token = torch.multinomial(probs, num_samples=1, generator=generator)
+    return token if ids is None else ids.gather(-1, token)
 
 
 def generate_args_problem(max_new_tokens, temperature, top_k, top_p):
@@ -424,13 +430,28 @@ def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
 class PackedLinear(nn.Linear):
     """
     A Linear that also holds its weight in oneDNN's blocked layout, reordered once (pack_weights_for_cpu_).
-    Without gradients it multiplies with that copy; with them it is a plain Linear, as the copy has none,
-    and under torch.compile too, which packs weights its own way.
+    Without gradients it multiplies with that copy, but for one bfloat16 row (matrix_vector); with them it is
+    a plain Linear, as the copy has none, and under torch.compile too, which packs weights its own way.
     """
     def forward(self, x):
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return super().forward(x)
+        if x.dtype == torch.bfloat16 and x.numel() == x.size(-1):  # one row: a decode step
+            return matrix_vector(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+
+def matrix_vector(x, weight, bias):
+    """
+    F.linear of one bfloat16 row by PyTorch's own matrix-vector kernel, which reads a weight from memory at
+    24-26 GB/s here, where oneDNN's reads it at 19-22 (packed) or 12 (not). F.linear picks oneDNN's unless
+    oneDNN is off, so it is off for the call (a flag, 0.4 us). In float32 oneDNN's packed kernel is the fast one.
+    """
+    torch.backends.mkldnn.enabled = False
+    try:
+        return F.linear(x, weight, bias)
+    finally:
+        torch.backends.mkldnn.enabled = True
 
 
 def pack_weights_for_cpu_(model):

@@ -403,12 +403,22 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
 
 def test_top_k_and_top_p_restrict_the_choice():
     from model import sample_next
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    logits = torch.log(torch.tensor([[0.15, 0.3, 0.05, 0.5]]))  # not in order: top_k's draw maps back to token ids
     gen = torch.Generator().manual_seed(0)
     top_k = {sample_next(logits, 1.0, top_k=2, generator=gen).item() for _ in range(300)}
     top_p = {sample_next(logits, 1.0, top_p=0.7, generator=gen).item() for _ in range(300)}
     top_p_edge = {sample_next(logits, 1.0, top_p=0.85, generator=gen).item() for _ in range(300)}
-    assert top_k == {0, 1} and top_p == {0, 1} and top_p_edge == {0, 1, 2}
+    both = {sample_next(logits, 1.0, top_k=3, top_p=0.7, generator=gen).item() for _ in range(300)}
+    assert top_k == {3, 1} and top_p == {3, 1} and top_p_edge == {3, 1, 0} and both == {3, 1}
+
+
+def test_top_k_draws_in_the_proportions_of_the_k_kept():
+    from model import sample_next
+    probs = torch.tensor([[0.05, 0.3, 0.1, 0.5, 0.05]])
+    gen = torch.Generator().manual_seed(0)
+    draws = sample_next(probs.log().expand(4000, -1), 1.0, top_k=3, generator=gen).flatten()
+    frequencies = torch.bincount(draws, minlength=5) / draws.numel()
+    torch.testing.assert_close(frequencies, torch.tensor([0, 0.3, 0.1, 0.5, 0]) / 0.9, atol=0.03, rtol=0)
 
 
 def test_generate_tokens_streams_what_generate_returns():
@@ -493,6 +503,38 @@ def test_packed_weights_keep_names_values_tying_and_gradients(dtype, atol):
     assert not torch.allclose(logits, before, atol=atol, rtol=0)
     logits.float().square().mean().backward()
     assert c_fc.weight.grad is not None and c_fc.weight.grad.abs().sum() > 0
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_one_bfloat16_row_reads_the_weight_itself_and_leaves_onednn_on():
+    from model import pack_weights_for_cpu_
+    model = perturbed_model(tiny_config()).bfloat16()
+    assert pack_weights_for_cpu_(model)
+    c_fc = model.transformer.h[0].mlp.c_fc
+    row, rows = torch.randn(1, 1, 32).bfloat16(), torch.randn(2, 3, 32).bfloat16()
+    with torch.no_grad():
+        torch.testing.assert_close(c_fc(row), F.linear(row, c_fc.weight, c_fc.bias), atol=0.05, rtol=0.02)
+        before = c_fc(rows)
+        c_fc.weight.zero_()
+        assert torch.equal(c_fc(row), c_fc.bias.expand(1, 1, -1))  # one row: matrix_vector, on the weight itself
+        assert torch.equal(c_fc(rows), before)                      # more rows: the packed copy
+        with pytest.raises(RuntimeError):
+            c_fc(torch.randn(1, 1, 31).bfloat16())
+    assert torch.backends.mkldnn.enabled  # switched back on, after an error too
+
+
+def test_cache_on_a_cpu_is_float32_and_decodes_as_one_forward():
+    model = perturbed_model(tiny_config()).bfloat16()
+    assert KVCache(model.config, 1, "cpu", torch.bfloat16).k.dtype == torch.float32
+    assert KVCache(model.config, 1, "meta", torch.bfloat16).k.dtype == torch.bfloat16  # elsewhere the model's
+    idx = torch.randint(97, (1, 12))
+    with torch.no_grad():
+        full = model(idx)[0]
+        cache = KVCache(model.config, 1, "cpu", torch.bfloat16)
+        logits = [model(idx[:, :8], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(8, 12)]
+    stepped = torch.cat(logits, dim=1)
+    assert stepped.dtype == torch.bfloat16
+    torch.testing.assert_close(stepped.float(), full.float(), atol=0.1, rtol=0.02)  # bfloat16's rounding
+
 
 # ----------------------------------------------------------------------------------------------------
 # int8 weights
