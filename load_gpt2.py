@@ -24,6 +24,7 @@ Top to bottom:
 - fetch: `openai-community/<name>` from the Hugging Face hub into its cache (download.py: resumed, verified).
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -283,9 +284,24 @@ def pool_kv_heads(c_attn, n_head, n_kv_head):
     return torch.cat((q, pool(k), pool(v)), dim=0)            # ((nh + 2*nkv)*hd, ...)
 
 
+@contextlib.contextmanager
+def no_random_init():
+    """nn.init's random fills as no-ops, for a model whose every weight is about to be overwritten: on meta
+    tensors the first fill would import torch._dynamo, 1.3 s of sample.py's start (as transformers skips them)."""
+    names = ("normal_", "uniform_", "kaiming_uniform_")
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    for name in names:
+        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fill in saved.items():
+            setattr(torch.nn.init, name, fill)
+
+
 def gpt_from_state_dict(sd, config, source):
     """GPT(config) with every parameter filled exactly once from sd (GPT's names, no lm_head: it is wte)."""
-    with torch.device("meta"):  # no random init: every weight is overwritten (~25 s for gpt2-xl on 2 cores)
+    with torch.device("meta"), no_random_init():  # every weight is overwritten (random init: ~25 s for gpt2-xl)
         model = GPT(config)
     model.to_empty(device="cpu")
     model.transformer.wte.weight = model.lm_head.weight  # to_empty gives new tensors, which unties them

@@ -8,6 +8,8 @@ import http.server
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -18,6 +20,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 import download as dl
 import load_gpt2 as lg
 from load_gpt2 import DownloadError, LoadError, load_gpt2
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def tiny_hf(n_embd=32, n_head=4, n_layer=2, n_positions=32, vocab_size=100, seed=0):
@@ -95,6 +99,14 @@ def test_reads_f32_f16_bf16_like_the_safetensors_package(tmp_path):
 
 def hf_tensors(hf):
     return {k: v.clone() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+
+
+def test_loading_skips_random_init_and_does_not_import_dynamo(hf_dir):
+    # a random fill of a meta tensor imports torch._dynamo: 1.3 s of sample.py's start
+    code = ("import sys, torch, load_gpt2; init = torch.nn.init.normal_; load_gpt2.load_gpt2(sys.argv[1]); "
+            "print('torch._dynamo' in sys.modules, torch.nn.init.normal_ is init)")
+    out = subprocess.run([sys.executable, "-c", code, hf_dir], capture_output=True, text=True, cwd=HERE, check=True)
+    assert out.stdout.split() == ["False", "True"]
 
 
 @pytest.mark.parametrize("change, expected", [
