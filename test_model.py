@@ -582,6 +582,42 @@ def test_int8_model_stays_near_the_float_model_and_caches_alike(dtype):
     assert torch.equal(model.generate(idx, 12, temperature=0.0, use_cache=False), tokens)
 
 
+def test_int8_keeps_a_trained_models_loss_within_half_a_percent_of_bfloat16():
+    # a model trained here on sequences whose next token follows from the one before (90% of the time), so its
+    # loss is far below chance's log(97) = 4.57 and int8's rounding has something to spoil
+    import copy
+    from model import quantize_int8_
+    torch.manual_seed(0)
+    rule = torch.randint(97, (97,))
+
+    def batch(n, T=33):
+        seq = [torch.randint(97, (n,))]
+        for _ in range(T - 1):
+            follows = rule[seq[-1]]
+            seq.append(torch.where(torch.rand(n) < 0.9, follows, torch.randint(97, (n,))))
+        seq = torch.stack(seq, dim=1)
+        return seq[:, :-1], seq[:, 1:]
+
+    model = GPT(tiny_config(n_embd=64))  # widths that are multiples of 16: the CPU int8 kernel runs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        loss = model(*batch(32))[1]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x, y = batch(256)
+
+    def val_loss(m):
+        with torch.no_grad():
+            return F.cross_entropy(m.eval()(x)[0].float().flatten(0, 1), y.flatten()).item()
+    bf16 = val_loss(copy.deepcopy(model).bfloat16())
+    int8 = val_loss(quantize_int8_(copy.deepcopy(model).eval()).bfloat16())
+    assert bf16 < 2.5, bf16  # trained
+    # the issue's bar; measured 0.01%. It is loose on so small a model (15 levels instead of 255 still pass):
+    # the logits test above is the sharp one
+    assert abs(int8 - bf16) / bf16 < 0.005, (int8, bf16)
+
+
 def test_int8_weights_refuse_training_in_one_line():
     from model import quantize_int8_
     model = quantize_int8_(GPT(tiny_config()))  # in training mode, as a new GPT is
