@@ -447,19 +447,20 @@ def matrix_vector(x, weight, bias):
     24-26 GB/s here, where oneDNN's reads it at 19-22 (packed) or 12 (not). F.linear picks oneDNN's unless
     oneDNN is off, so it is off for the call (a flag, 0.4 us). In float32 oneDNN's packed kernel is the fast one.
     """
-    torch.backends.mkldnn.enabled = False
+    enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
     try:
         return F.linear(x, weight, bias)
     finally:
-        torch.backends.mkldnn.enabled = True
+        torch.backends.mkldnn.enabled = enabled
 
 
 def pack_weights_for_cpu_(model):
     """
     For generation on a CPU: give every Linear a copy of its weight in oneDNN's blocked layout, the one
     torch.compile's freezing makes. Decoding one token is a matrix-vector product per weight, bound by how
-    fast the weight is read: F.linear reads it at about 13 GB/s here, oneDNN's kernel on the packed copy at
-    22-25 GB/s (bench.py, GPT-2 124M: bfloat16 42 -> 69 tokens/s, float32 31 -> 43; prefill no slower).
+    fast the weight is read: F.linear reads it at about 12 GB/s here, oneDNN's kernel on the packed copy at
+    19-26 GB/s. float32 decodes with it (31 -> 43 tokens/s on GPT-2 124M), bfloat16 takes it for prompts and
+    batches (a 16-token prefill: 40 -> 23 ms) and matrix_vector for one row.
     Names, state dict, values and tying stay as they were; the copy costs the weights' memory again and
     does not follow later changes to the weights, so pack last, after loading and casting. A CPU build
     without oneDNN (or a dtype it does not pack) keeps plain Linears. Returns whether it packed.

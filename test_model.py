@@ -520,6 +520,9 @@ def test_one_bfloat16_row_reads_the_weight_itself_and_leaves_onednn_on():
         with pytest.raises(RuntimeError):
             c_fc(torch.randn(1, 1, 31).bfloat16())
     assert torch.backends.mkldnn.enabled  # switched back on, after an error too
+    with torch.backends.mkldnn.flags(enabled=False), torch.no_grad():
+        c_fc(row)
+        assert not torch.backends.mkldnn.enabled  # and left off where the caller had it off
 
 
 def test_cache_on_a_cpu_is_float32_and_decodes_as_one_forward():
