@@ -1,5 +1,6 @@
 """
-Speed of model.py: generation tokens/s with and without the KV cache, and training tokens/s.
+Speed of model.py: generation tokens/s with and without the KV cache (and how much of a decode step is its matrix
+products alone), and training tokens/s.
 
     python bench.py                                   # GPT-2 124M, batch 1, 16-token prompt, 128 new tokens
     python bench.py --dtype=float32                   # generation in float32 (auto: as sample.py chooses)
@@ -67,12 +68,30 @@ def bench_generation(model, prompt, new_tokens, use_cache, device, compiled=Fals
     return first - start, prompt.size(0) * (new_tokens - 1) / (time.perf_counter() - first)
 
 
+def linear_layers(model):
+    """The model's weight matrices as a decode step meets them: every Linear, lm_head's included, float or int8."""
+    return [m for m in model.modules() if isinstance(m, (torch.nn.Linear, model_py.Int8Linear))]
+
+
 def weight_bytes_per_token(model):
     """Bytes of the matrices (with scales and biases) that one decode step reads: every Linear's, lm_head's
     included. The embeddings' lookups read a row each and the KV cache grows with the context: not counted."""
-    linears = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, model_py.Int8Linear))]
-    tensors = [t for m in linears for t in (m.weight, getattr(m, "scales", None), m.bias) if t is not None]
+    tensors = [t for m in linear_layers(model) for t in (m.weight, getattr(m, "scales", None), m.bias)
+               if t is not None]
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@torch.no_grad()
+def matrix_products_seconds(model, batch_size, device, repeats=10):
+    """Seconds of one decode step's matrix products alone: every Linear of the model once (Int8Linears too), on
+    batch_size rows of one token each, as the step calls them. The rest of a step is attention, norms, sampling
+    and each op's own cost; this part is what the weights' kernels give, the floor of an eager step."""
+    linears = linear_layers(model)
+    dtype = model.transformer.wte.weight.dtype
+    rows = [torch.randn(batch_size, 1, m.weight.size(1), device=device, dtype=dtype) for m in linears]
+    step = lambda: [m(x) for m, x in zip(linears, rows)]
+    step()
+    return timed(lambda: [step() for _ in range(repeats)], device) / repeats
 
 
 def generation_line(name, ttft, rate, weight_bytes, batch_size):
@@ -231,6 +250,11 @@ def main():
             hf_rate = bench_hf_generation(model, prompt, cfg["max_new_tokens"], use_cache, device)
             line += f"   (transformers GPT2LMHeadModel, float32: {hf_rate:.1f} tokens/s)"
         print(f"{line}   [{workload}]")
+        if use_cache:
+            products = matrix_products_seconds(model, cfg["batch_size"], device)
+            print(f"decode step's matrix products alone: {1000 * products:.1f} ms = {weight_bytes / products / 1e9:.1f}"
+                  f" GB/s, of the step's {1000 * cfg['batch_size'] / rate:.1f} ms (the rest: attention, norms, each "
+                  f"op's cost)")
     if cfg["compile"]:  # in place, as sample.py does: one graph for prefill, one for every decode step
         model.compile(mode="reduce-overhead" if device.startswith("cuda") else None)
         ttft, rate = bench_generation(model, prompt, cfg["max_new_tokens"], True, device, compiled=True)
