@@ -81,3 +81,28 @@ def test_shakespeare_bpe_without_network_is_one_line(tmp_path):
                             capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 1 and result.stderr.startswith("error: GPT-2's BPE files could not be loaded")
     assert result.stderr.count('\n') == 1, result.stderr
+
+
+WORKER_DIES = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import prepare
+
+class DiesInTheWorker:  # unpickled in a tokenizer worker, it ends that process at once, as the OOM killer would
+    def __reduce__(self):
+        return (os._exit, (1,))
+
+prepare.read_batches = lambda path, rows: iter([['a document'], [DiesInTheWorker()], ['another one']])
+sys.argv = ['prepare.py', *sys.argv[2:]]
+prepare.main()
+"""
+
+
+def test_fineweb_worker_that_dies_is_one_line_not_a_hang(tmp_path, gpt2_bpe):
+    (tmp_path / 'part.jsonl').write_text(json.dumps({'text': 'unused'}) + '\n')
+    result = subprocess.run([sys.executable, '-c', WORKER_DIES, os.path.join(HERE, 'data', 'fineweb'), '--input',
+                             str(tmp_path), '--out_dir', str(tmp_path / 'out'), '--num_proc=2'],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stderr.startswith("error: a tokenizer worker process died"), result.stderr
+    assert result.stderr.count('\n') == 1, result.stderr
+    assert not os.path.exists(tmp_path / 'out' / 'train.bin') and not os.path.exists(tmp_path / 'out' / 'val.bin')

@@ -19,6 +19,8 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import requests
@@ -95,15 +97,18 @@ def tokenize(texts):
 
 
 def tokenized(batches, pool, in_flight):
-    """tokenize() of each batch, in order, with at most `in_flight` batches at the workers (Pool.imap would
+    """tokenize() of each batch, in order, with at most `in_flight` batches at the workers (pool.map would
     read the whole input ahead into memory)."""
     pending = collections.deque()
-    for texts in batches:
-        pending.append(pool.apply_async(tokenize, (texts,)))
-        if len(pending) >= in_flight:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
+    try:
+        for texts in batches:
+            pending.append(pool.submit(tokenize, texts))
+            if len(pending) >= in_flight:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    except BrokenProcessPool:  # killed: by the kernel's OOM killer, most often
+        fail("a tokenizer worker process died before it answered; if memory ran out, lower --num_proc or --rows")
 
 
 def main():
@@ -146,8 +151,11 @@ def main():
     paths = {split: os.path.join(args.out_dir, f'{split}.bin') for split in ('val', 'train')}
     counts = {'val': 0, 'train': 0}
     n_docs, t0, shown = 0, time.time(), 0.0
+    # workers are spawned, not forked: numpy's BLAS threads are running here, and a child forked from a
+    # process with threads can deadlock (Python 3.14 stopped forking by default); a worker that dies is
+    # an error here, where multiprocessing.Pool would wait for its result for ever
     with open(paths['val'] + '.tmp', 'wb') as val_file, open(paths['train'] + '.tmp', 'wb') as train_file, \
-            mp.Pool(args.num_proc) as pool:
+            ProcessPoolExecutor(args.num_proc, mp_context=mp.get_context('spawn')) as pool:
         for ids, lengths in tokenized(documents(), pool, in_flight=4 * args.num_proc):
             cut = 0  # documents go to val until it holds val_tokens, then to train
             if counts['val'] < args.val_tokens:
