@@ -429,49 +429,55 @@ def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
 
 class PackedLinear(nn.Linear):
     """
-    A Linear that also holds its weight in oneDNN's blocked layout, reordered once (pack_weights_for_cpu_).
-    Without gradients it multiplies with that copy, but for one bfloat16 row (matrix_vector); with them it is
-    a plain Linear, as the copy has none, and under torch.compile too, which packs weights its own way.
+    A Linear that also holds its weight packed once for the fastest CPU kernel of its dtype (pack_weights_for_cpu_).
+    Without gradients it multiplies with that copy; with them it is a plain Linear, as the copy has none, and
+    under torch.compile too, which packs weights its own way.
     """
     def forward(self, x):
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return super().forward(x)
-        if x.dtype == torch.bfloat16 and x.numel() == x.size(-1):  # one row: a decode step
-            return matrix_vector(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+        if isinstance(self.packed_weight, torch.Tensor):  # oneDNN's blocked layout
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+        # fbgemm's float16 copy of a bfloat16 weight, bias included: float32 arithmetic, a bfloat16 result
+        return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.packed_weight).to(x.dtype)
 
 
-def matrix_vector(x, weight, bias):
+# fbgemm's float16 kernels (x86 builds; private ops, so behind a check): oneDNN's blocked layout otherwise
+HAS_FP16_KERNEL = "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def pack_weight(linear):
     """
-    F.linear of one bfloat16 row by PyTorch's own matrix-vector kernel, which reads a weight from memory at
-    24-26 GB/s here, where oneDNN's reads it at 19-22 (packed) or 12 (not). F.linear picks oneDNN's unless
-    oneDNN is off, so it is off for the call (a flag, 0.4 us). In float32 oneDNN's packed kernel is the fast one.
+    linear's weight (and, for fbgemm, its bias) packed for the fastest CPU kernel of its dtype. float32: oneDNN's
+    blocked layout, the one torch.compile's freezing makes. bfloat16: a float16 copy in fbgemm's layout, where
+    it fits float16's range: float16 has more mantissa bits than bfloat16, so it holds every bfloat16 weight
+    exactly down to 7.6e-6 (2^-17), and smaller ones to within 3e-8.
     """
-    enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
-    try:
-        return F.linear(x, weight, bias)
-    finally:
-        torch.backends.mkldnn.enabled = enabled
+    w, b = linear.weight.detach(), linear.bias
+    if w.dtype == torch.bfloat16 and HAS_FP16_KERNEL and w.abs().max() <= torch.finfo(torch.float16).max:
+        return torch.ops.quantized.linear_prepack_fp16(w.float(), None if b is None else b.detach().float())
+    return torch.ops.mkldnn._reorder_linear_weight(w, 1)  # 1: the batch size to pack for; any still works
 
 
 def pack_weights_for_cpu_(model):
     """
-    For generation on a CPU: give every Linear a copy of its weight in oneDNN's blocked layout, the one
-    torch.compile's freezing makes. Decoding one token is a matrix-vector product per weight, bound by how
-    fast the weight is read: F.linear reads it at about 12 GB/s here, oneDNN's kernel on the packed copy at
-    19-26 GB/s. float32 decodes with it (31 -> 43 tokens/s on GPT-2 124M), bfloat16 takes it for prompts and
-    batches (a 16-token prefill: 40 -> 23 ms) and matrix_vector for one row.
+    For generation on a CPU: give every Linear a copy of its weight packed for the fastest kernel of its dtype
+    (pack_weight). Decoding a token is a matrix-vector product per weight, bound by how fast the weight is read.
+    One token of GPT-2 124M on a 2-core AVX2 CPU: float32 F.linear 39 ms (12.5 GB/s), oneDNN packed 24 ms (21);
+    bfloat16 F.linear 16 ms (15.5 GB/s), fbgemm's float16 12 ms (21), which also takes a 16-token prompt 7x faster
+    than PyTorch's bfloat16 kernels where oneDNN cannot pack bfloat16 (no AVX-512).
     Names, state dict, values and tying stay as they were; the copy costs the weights' memory again and
-    does not follow later changes to the weights, so pack last, after loading and casting. A CPU build
-    without oneDNN (or a dtype it does not pack) keeps plain Linears. Returns whether it packed.
+    does not follow later changes to the weights, so pack last, after loading and casting. Where neither kernel
+    takes a weight (a build without them, a dtype they do not pack) the Linears stay plain. Returns whether
+    it packed.
     """
     linears = [m for m in model.modules() if type(m) is nn.Linear and m.weight.device.type == "cpu"
                and m.weight.dtype in (torch.float32, torch.bfloat16)]
-    if not linears or not torch.backends.mkldnn.is_available():
+    if not linears:
         return False
-    try:  # 1: the batch size to pack for (decoding's); any batch size still works
-        packed = [torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), 1) for m in linears]
-    except (AttributeError, NotImplementedError, RuntimeError):  # a oneDNN build that cannot pack these
+    try:
+        packed = [pack_weight(m) for m in linears]
+    except (AttributeError, NotImplementedError, RuntimeError):  # a build or a CPU without these kernels
         return False
     for module, weight in zip(linears, packed):  # lm_head shares wte's weight; wte's lookups use the original
         module.packed_weight = weight

@@ -504,25 +504,51 @@ def test_packed_weights_keep_names_values_tying_and_gradients(dtype, atol):
     logits.float().square().mean().backward()
     assert c_fc.weight.grad is not None and c_fc.weight.grad.abs().sum() > 0
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
-def test_one_bfloat16_row_reads_the_weight_itself_and_leaves_onednn_on():
+def onednn_packs_bfloat16():
+    """Whether oneDNN packs bfloat16 weights on this CPU (it needs AVX-512 or AVX-NE-CONVERT)."""
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.ones(4, 4).bfloat16(), 1)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@pytest.mark.skipif(not model_py.HAS_FP16_KERNEL, reason="this torch build has no fbgemm")
+def test_bfloat16_weights_pack_as_float16_exactly_and_compute_in_float32():
     from model import pack_weights_for_cpu_
     model = perturbed_model(tiny_config()).bfloat16()
-    assert pack_weights_for_cpu_(model)
     c_fc = model.transformer.h[0].mlp.c_fc
-    row, rows = torch.randn(1, 1, 32).bfloat16(), torch.randn(2, 3, 32).bfloat16()
     with torch.no_grad():
-        torch.testing.assert_close(c_fc(row), F.linear(row, c_fc.weight, c_fc.bias), atol=0.05, rtol=0.02)
-        before = c_fc(rows)
+        c_fc.weight[0, :4] = torch.tensor([1e-4, 1e-5, 3e-7, 1e-9])  # float16 holds the first two exactly
+        weight, bias = c_fc.weight.float(), c_fc.bias.float()
+    assert pack_weights_for_cpu_(model)
+    packed, packed_bias = torch.ops.quantized.linear_unpack_fp16(c_fc.packed_weight)
+    exact = weight.abs() >= 2 ** -17  # 7.6e-6: float16's subnormal steps (2^-24) are as fine as bfloat16's there
+    assert torch.equal(packed[exact], weight[exact]) and torch.equal(packed_bias, bias)
+    assert (packed - weight).abs().max() <= 2 ** -25 and packed[0, 3] == 0 and packed[0, 2] != weight[0, 2]
+    rows = torch.randn(2, 3, 32).bfloat16()
+    with torch.no_grad():
+        expected = F.linear(rows.double(), packed.double(), bias.double())  # float32 arithmetic, then rounded
+        torch.testing.assert_close(c_fc(rows).double(), expected, atol=1e-6, rtol=2 ** -8)  # bfloat16's rounding
+        assert c_fc(rows).dtype == torch.bfloat16 and c_fc(rows[:1, :1]).shape == (1, 1, 128)
         c_fc.weight.zero_()
-        assert torch.equal(c_fc(row), c_fc.bias.expand(1, 1, -1))  # one row: matrix_vector, on the weight itself
-        assert torch.equal(c_fc(rows), before)                      # more rows: the packed copy
-        with pytest.raises(RuntimeError):
-            c_fc(torch.randn(1, 1, 31).bfloat16())
-    assert torch.backends.mkldnn.enabled  # switched back on, after an error too
-    with torch.backends.mkldnn.flags(enabled=False), torch.no_grad():
-        c_fc(row)
-        assert not torch.backends.mkldnn.enabled  # and left off where the caller had it off
+        assert not torch.equal(c_fc(rows), c_fc.bias.expand(2, 3, -1))  # the copy, taken at packing
+
+
+def test_bfloat16_packs_for_onednn_without_fbgemm_or_beyond_float16s_range(monkeypatch):
+    from model import pack_weights_for_cpu_
+    model = perturbed_model(tiny_config()).bfloat16()
+    big = perturbed_model(tiny_config()).bfloat16()
+    with torch.no_grad():
+        big.transformer.h[0].mlp.c_fc.weight[0, 0] = 1e5  # float16 would saturate it to 65504
+    for m, fp16_kernel in ((model, False), (big, model_py.HAS_FP16_KERNEL)):
+        monkeypatch.setattr(model_py, "HAS_FP16_KERNEL", fp16_kernel)
+        assert pack_weights_for_cpu_(m) == onednn_packs_bfloat16()  # all or none: plain Linears without oneDNN
+        c_fc = m.transformer.h[0].mlp.c_fc
+        assert isinstance(getattr(c_fc, "packed_weight", torch.empty(0)), torch.Tensor)  # oneDNN's, or none
+    rows = torch.randn(2, 3, 32).bfloat16()
+    with torch.no_grad():
+        torch.testing.assert_close(c_fc(rows), F.linear(rows, c_fc.weight, c_fc.bias), atol=0.05, rtol=0.02)
 
 
 def test_cache_on_a_cpu_is_float32_and_decodes_as_one_forward():
