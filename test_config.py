@@ -146,11 +146,15 @@ def test_help_shows_each_keys_comment(script, line):
     assert len(row.split(line, 1)[1].strip()) > 5, row  # the comment written beside the default
 
 
-def test_generation_dtype_is_bfloat16_on_a_cpu_that_computes_it(monkeypatch):
+def test_generation_dtype_is_bfloat16_on_a_cpu_with_fast_bfloat16_kernels(monkeypatch):
     import configurator
     cpu = torch.device('cpu')
-    monkeypatch.setattr(configurator, "cpu_computes_bf16", lambda: True)
+    monkeypatch.setattr(configurator, "cpu_has_fast_bf16", lambda: True)
     assert configurator.pick_dtype("auto", cpu, generation=True) == "bfloat16"
     assert configurator.pick_dtype("auto", cpu) == "float32"  # training on a CPU stays float32
-    monkeypatch.setattr(configurator, "cpu_computes_bf16", lambda: False)
+    monkeypatch.setattr(configurator, "cpu_has_fast_bf16", lambda: False)
     assert configurator.pick_dtype("auto", cpu, generation=True) == "float32"
+    monkeypatch.undo()
+    import model
+    monkeypatch.setattr(model, "HAS_FP16_KERNEL", True)  # fbgemm's float16 kernels, with or without bf16 instructions
+    assert configurator.cpu_has_fast_bf16()
