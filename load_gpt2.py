@@ -286,8 +286,10 @@ def pool_kv_heads(c_attn, n_head, n_kv_head):
 
 @contextlib.contextmanager
 def no_random_init():
-    """nn.init's random fills as no-ops, for a model whose every weight is about to be overwritten: on meta
-    tensors the first fill would import torch._dynamo, 1.3 s of sample.py's start (as transformers skips them)."""
+    """nn.init's random fills as no-ops, for a model whose every weight is about to be overwritten (as transformers
+    skips them): GPT(config) then costs its allocations only (random init: ~25 s for gpt2-xl). Built on the meta
+    device instead, the model would import torch._dynamo and symbolic shapes on its first fill or to_empty (1-2 s
+    of sample.py's start)."""
     names = ("normal_", "uniform_", "kaiming_uniform_")
     saved = {name: getattr(torch.nn.init, name) for name in names}
     for name in names:
@@ -301,10 +303,8 @@ def no_random_init():
 
 def gpt_from_state_dict(sd, config, source):
     """GPT(config) with every parameter filled exactly once from sd (GPT's names, no lm_head: it is wte)."""
-    with torch.device("meta"), no_random_init():  # every weight is overwritten (random init: ~25 s for gpt2-xl)
+    with no_random_init():  # every weight is overwritten below
         model = GPT(config)
-    model.to_empty(device="cpu")
-    model.transformer.wte.weight = model.lm_head.weight  # to_empty gives new tensors, which unties them
     expected = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
     missing, unexpected = sorted(expected.keys() - sd.keys()), sorted(sd.keys() - expected.keys())
     wrong = [f"{k} {tuple(sd[k].shape)} for {tuple(v.shape)}" for k, v in expected.items()
