@@ -464,7 +464,7 @@ def pack_weights_for_cpu_(model):
     For generation on a CPU: give every Linear a copy of its weight packed for the fastest kernel of its dtype
     (pack_weight). Decoding a token is a matrix-vector product per weight, bound by how fast the weight is read.
     One token of GPT-2 124M on a 2-core AVX2 CPU: float32 F.linear 39 ms (12.5 GB/s), oneDNN packed 24 ms (21);
-    bfloat16 F.linear 16 ms (15.5 GB/s), fbgemm's float16 12 ms (21), which also takes a 16-token prompt 7x faster
+    bfloat16 F.linear 16 ms (15.5 GB/s), fbgemm's float16 12 ms (21), which also takes a 512-token prompt 6x faster
     than PyTorch's bfloat16 kernels where oneDNN cannot pack bfloat16 (no AVX-512).
     Names, state dict, values and tying stay as they were; the copy costs the weights' memory again and
     does not follow later changes to the weights, so pack last, after loading and casting. Where neither kernel
