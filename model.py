@@ -438,23 +438,23 @@ class PackedLinear(nn.Linear):
             return super().forward(x)
         if isinstance(self.packed_weight, torch.Tensor):  # oneDNN's blocked layout
             return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
-        # fbgemm's float16 copy of a bfloat16 weight, bias included: float32 arithmetic, a bfloat16 result
-        return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.packed_weight).to(x.dtype)
+        # fbgemm's float16 copy of a bfloat16 weight, bias included: float32 arithmetic and result
+        return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.packed_weight)
 
 
 # fbgemm's float16 kernels (x86 builds; private ops, so behind a check): oneDNN's blocked layout otherwise
 HAS_FP16_KERNEL = "fbgemm" in torch.backends.quantized.supported_engines
 
 
-def pack_weight(linear):
+def pack_weight(linear, fbgemm):
     """
-    linear's weight (and, for fbgemm, its bias) packed for the fastest CPU kernel of its dtype. float32: oneDNN's
-    blocked layout, the one torch.compile's freezing makes. bfloat16: a float16 copy in fbgemm's layout, where
-    it fits float16's range: float16 has more mantissa bits than bfloat16, so it holds every bfloat16 weight
-    exactly down to 7.6e-6 (2^-17), and smaller ones to within 3e-8.
+    linear's weight packed for the fastest CPU kernel of its dtype. fbgemm: a float16 copy of a bfloat16 weight and
+    its bias; float16 has more mantissa bits than bfloat16, so it holds every bfloat16 weight within its range
+    exactly down to 7.6e-6 (2^-17), and smaller ones to within 3e-8. Else oneDNN's blocked layout (float32, or
+    bfloat16 with AVX-512), the one torch.compile's freezing makes.
     """
     w, b = linear.weight.detach(), linear.bias
-    if w.dtype == torch.bfloat16 and HAS_FP16_KERNEL and w.abs().max() <= torch.finfo(torch.float16).max:
+    if fbgemm:
         return torch.ops.quantized.linear_prepack_fp16(w.float(), None if b is None else b.detach().float())
     return torch.ops.mkldnn._reorder_linear_weight(w, 1)  # 1: the batch size to pack for; any still works
 
@@ -465,23 +465,28 @@ def pack_weights_for_cpu_(model):
     (pack_weight). Decoding a token is a matrix-vector product per weight, bound by how fast the weight is read.
     One token of GPT-2 124M on a 2-core AVX2 CPU: float32 F.linear 39 ms (12.5 GB/s), oneDNN packed 24 ms (21);
     bfloat16 F.linear 16 ms (15.5 GB/s), fbgemm's float16 12 ms (21), which also takes a 512-token prompt 6x faster
-    than PyTorch's bfloat16 kernels where oneDNN cannot pack bfloat16 (no AVX-512).
-    Names, state dict, values and tying stay as they were; the copy costs the weights' memory again and
-    does not follow later changes to the weights, so pack last, after loading and casting. Where neither kernel
-    takes a weight (a build without them, a dtype they do not pack) the Linears stay plain. Returns whether
+    than PyTorch's bfloat16 kernels where oneDNN cannot pack bfloat16 (no AVX-512). As fbgemm computes in float32,
+    so then do the LayerNorms (cast) and the residual stream, as in llama.cpp: no casts around each product.
+    Names, state dict keys, values and tying stay as they were; the copy costs the weights' memory again and
+    does not follow later changes to the weights, so pack last, after loading and casting. Where no kernel
+    takes the weights (a build without them, a dtype they do not pack) the Linears stay plain. Returns whether
     it packed.
     """
     linears = [m for m in model.modules() if type(m) is nn.Linear and m.weight.device.type == "cpu"
                and m.weight.dtype in (torch.float32, torch.bfloat16)]
     if not linears:
         return False
+    # fbgemm for bfloat16 if every weight fits float16's range (65504): all or none
+    fbgemm = HAS_FP16_KERNEL and all(m.weight.dtype == torch.bfloat16 and m.weight.abs().max() <= 65504 for m in linears)
     try:
-        packed = [pack_weight(m) for m in linears]
+        packed = [pack_weight(m, fbgemm) for m in linears]
     except (AttributeError, NotImplementedError, RuntimeError):  # a build or a CPU without these kernels
         return False
     for module, weight in zip(linears, packed):  # lm_head shares wte's weight; wte's lookups use the original
         module.packed_weight = weight
         module.__class__ = PackedLinear
+    if fbgemm:
+        model.apply(lambda m: m.float() if isinstance(m, nn.LayerNorm) else None)
     return True
 
 
