@@ -100,8 +100,8 @@ def test_resume_char_model_seed_and_cache(char_out_dir):
 def test_hf_directory_seed_and_cache(hf_dir, gpt2_bpe):
     common = [f"--init_from={hf_dir}", "--start=Hello, I'm a language model,", "--num_samples=2"]
     sampled = ["--seed=3", "--max_new_tokens=12"]
-    # float32: in bfloat16 (auto on a CPU with fast bf16 kernels) this model's near-ties among 50257 logits go either way
-    # between the cache's one-row products and the uncached many-row ones (both round to bf16 differently)
+    # float32: in bfloat16 (auto on a CPU with fast bf16 kernels) this model's weights are rounded, and its near-ties
+    # among 50257 logits can go either way between the cache's one-row products and the uncached many-row ones
     greedy = ["--temperature=0", "--max_new_tokens=24", "--dtype=float32"]
     a, b, cached, uncached = finish([run_sample(common + sampled), run_sample(common + sampled),
                                      run_sample(common + greedy), run_sample(common + greedy + ["--use_cache=False"])])
