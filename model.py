@@ -467,10 +467,10 @@ def pack_weights_for_cpu_(model):
     bfloat16 F.linear 16 ms (15.5 GB/s), fbgemm's float16 12 ms (21), which also takes a 512-token prompt 6x faster
     than PyTorch's bfloat16 kernels where oneDNN cannot pack bfloat16 (no AVX-512). As fbgemm computes in float32,
     so then do the LayerNorms (cast) and the residual stream, as in llama.cpp: no casts around each product.
-    Names, state dict keys, values and tying stay as they were; the copy costs the weights' memory again and
-    does not follow later changes to the weights, so pack last, after loading and casting. Where no kernel
-    takes the weights (a build without them, a dtype they do not pack) the Linears stay plain. Returns whether
-    it packed.
+    Names, values and tying stay as they were, and dtypes but the LayerNorms'; the copy costs the weights' memory
+    again and does not follow later changes to the weights, so pack last, after loading and casting. Where no
+    kernel takes the weights (a build without them, a dtype they do not pack) the Linears stay plain. Returns
+    whether it packed.
     """
     linears = [m for m in model.modules() if type(m) is nn.Linear and m.weight.device.type == "cpu"
                and m.weight.dtype in (torch.float32, torch.bfloat16)]
